@@ -125,12 +125,14 @@ def encode(labels: pd.DataFrame) -> Encoded:
     )  # fmt: skip
 
 
-def check_gold(gold: pd.Series) -> pd.Series:
-    """Gold is a Series of labels indexed by item_id, one per item."""
-    if gold.index.has_duplicates:
-        item = gold.index[gold.index.duplicated()][0]
-        raise InputError(f"gold: item_id {show(item)} occurs more than once; keep one gold label per item")
-    return gold.dropna()
+def check_answers(answers: pd.Series, what: str = "gold") -> pd.Series:
+    """Gold (or adjudicated) answers: a Series of labels indexed by item_id, one per item."""
+    if answers.index.has_duplicates:
+        item = answers.index[answers.index.duplicated()][0]
+        raise InputError(
+            f"{what}: item_id {show(item)} occurs more than once; keep one {what} label per item"
+        )
+    return answers.dropna()
 
 
 def wilson_interval(
@@ -155,7 +157,7 @@ def gold_accuracy(labels: pd.DataFrame, gold: pd.Series, confidence: float = 0.9
     honest answer and tells the reviewer whom gold does not cover yet.
     """
     enc = encode(labels)
-    gold = check_gold(gold).reindex(enc.items)
+    gold = check_answers(gold).reindex(enc.items)
     has_gold = gold.notna().to_numpy()[enc.item]
     gold_code = enc.labels.get_indexer(gold)  # -1: no gold, or a label nobody used
     correct = has_gold & (gold_code[enc.item] == enc.label)

@@ -1,0 +1,185 @@
+"""Label Studio through the official SDK: one hook, one connection type, no hand-written HTTP.
+
+The connection holds the base URL (host, with scheme) and the API token (password). Both
+token kinds work: a personal access token (a JWT refresh token, sent as ``Bearer`` after
+the SDK exchanges it) and a legacy token (sent as ``Token``). The SDK retries connection
+errors, 5xx, 408, 409 and 429 with exponential backoff; imports are the exception (see
+``import_batch``), because retrying a POST that did land would duplicate tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from airflow.sdk import BaseHook
+
+from labelloop import settings
+
+if TYPE_CHECKING:
+    from label_studio_sdk import LabelStudio
+
+TRANSIENT_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+class LabelStudioError(RuntimeError):
+    """Label Studio refused or could not be reached; the message says which and what to check."""
+
+
+def data_filter(field: str, value: str) -> str:
+    """A Data Manager query that selects tasks whose ``data[field]`` equals ``value``."""
+    item = {"filter": f"filter:tasks:data.{field}", "operator": "equal", "type": "String", "value": value}
+    return json.dumps({"filters": {"conjunction": "and", "items": [item]}})
+
+
+class LabelStudioHook(BaseHook):
+    """Wraps ``label_studio_sdk.LabelStudio``; the client is built on first use, never at parse time."""
+
+    conn_name_attr = "labelstudio_conn_id"
+    default_conn_name = settings.LABELSTUDIO_CONN_ID
+    conn_type = "labelstudio"
+    hook_name = "Label Studio"
+
+    def __init__(
+        self,
+        labelstudio_conn_id: str = default_conn_name,
+        timeout: float = 120.0,
+        max_retries: int = 6,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.labelstudio_conn_id = labelstudio_conn_id
+        self.timeout = timeout
+        self.max_retries = max_retries
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        return {
+            "hidden_fields": ["schema", "port", "login", "extra"],
+            "relabeling": {"host": "Label Studio URL", "password": "API token"},
+            "placeholders": {
+                "host": "http://label-studio:8080",
+                "password": "personal access token (JWT) or legacy token",
+            },
+        }
+
+    @cached_property
+    def client(self) -> LabelStudio:
+        return self.get_conn()
+
+    def get_conn(self) -> LabelStudio:
+        from label_studio_sdk import LabelStudio
+
+        conn = self.get_connection(self.labelstudio_conn_id)
+        if not conn.host or not conn.password:
+            raise LabelStudioError(
+                f"connection {self.labelstudio_conn_id!r} needs host (the Label Studio URL, e.g. "
+                f"http://label-studio:8080) and password (an API token)"
+            )
+        base_url = conn.host if "://" in conn.host else f"http://{conn.host}"
+        if conn.port:
+            base_url = f"{base_url.rstrip('/')}:{conn.port}"
+        return LabelStudio(
+            base_url=base_url.rstrip("/"),
+            api_key=conn.password,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+        )
+
+    def test_connection(self) -> tuple[bool, str]:
+        try:
+            user = self.client.users.whoami()
+        except Exception as error:  # the UI shows the message; any failure is a failed test
+            return False, f"Label Studio refused or is unreachable: {error}"
+        return True, f"Connected to Label Studio as {user.email}"
+
+    # Projects -------------------------------------------------------------------------------
+
+    def find_project(self, title: str) -> Any | None:
+        """The project with exactly this title (titles are how specs name projects)."""
+        matches = [project for project in self.client.projects.list(title=title, page_size=100)
+                   if project.title == title]
+        if len(matches) > 1:
+            raise LabelStudioError(
+                f"{len(matches)} projects are titled {title!r} (ids {[p.id for p in matches]}); "
+                f"rename or delete all but one so labelloop knows which to use"
+            )
+        return matches[0] if matches else None
+
+    def upsert_project(self, title: str, **settings_: Any) -> tuple[Any, bool]:
+        """Create the project or bring its settings to ``settings_``; returns (project, created)."""
+        project = self.find_project(title)
+        if project is None:
+            return self.client.projects.create(title=title, **settings_), True
+        changed = {key: value for key, value in settings_.items() if getattr(project, key, None) != value}
+        if changed:
+            project = self.client.projects.update(project.id, **changed)
+        return project, False
+
+    def task_count(self, project_id: int) -> int:
+        return int(self.client.projects.get(project_id).task_number or 0)
+
+    # Tasks ----------------------------------------------------------------------------------
+
+    def iter_tasks(
+        self, project_id: int, query: str | None = None, fields: str = "task_only", page_size: int = 1000
+    ) -> Iterator[Any]:
+        """Every task of a project (the SDK pager follows the pages), optionally filtered."""
+        yield from self.client.tasks.list(project=project_id, query=query, fields=fields, page_size=page_size)
+
+    def import_batch(
+        self,
+        project_id: int,
+        tasks: list[dict[str, Any]],
+        batch_id: str,
+        key_field: str,
+        batch_field: str,
+        deadline_seconds: float = 600.0,
+    ) -> dict[str, int]:
+        """Import tasks exactly once, even when the server dies mid-request.
+
+        Every task carries ``data[batch_field] == batch_id`` and a unique ``data[key_field]``.
+        Before each attempt the tasks of this batch already in Label Studio are looked up, so
+        a POST that landed before its answer was lost is never sent again. Returns
+        key -> task id for the whole batch.
+        """
+        keys = [task["data"][key_field] for task in tasks]
+        started, attempt = time.monotonic(), 0
+        while True:
+            try:
+                landed = {task.data[key_field]: task.id
+                          for task in self.iter_tasks(project_id, query=data_filter(batch_field, batch_id))}
+                todo = [task for task, key in zip(tasks, keys) if key not in landed]
+                if todo:
+                    response = self.client.projects.import_tasks(
+                        project_id, request=todo, return_task_ids=True,
+                        request_options={"max_retries": 0, "timeout_in_seconds": self.timeout},
+                    )
+                    landed.update(zip((task["data"][key_field] for task in todo), response.task_ids or []))
+                missing = [key for key in keys if key not in landed]
+                if missing:
+                    raise LabelStudioError(f"batch {batch_id}: {len(missing)} tasks were not created")
+                return landed
+            except Exception as error:
+                if not _transient(error) or time.monotonic() - started > deadline_seconds:
+                    raise
+                attempt += 1
+                wait = min(2.0**attempt, 30.0)
+                self.log.warning("batch %s: %s; retrying in %.0f s (attempt %d)", batch_id, error, wait, attempt)
+                time.sleep(wait)
+
+    def delete_project(self, project_id: int) -> None:
+        self.client.projects.delete(project_id)
+
+
+def _transient(error: Exception) -> bool:
+    """Worth another try: the server is restarting, overloaded or the connection broke."""
+    from label_studio_sdk.core.api_error import ApiError
+
+    if isinstance(error, httpx.TransportError):
+        return True
+    return isinstance(error, ApiError) and error.status_code in TRANSIENT_STATUS

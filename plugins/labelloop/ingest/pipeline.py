@@ -1,0 +1,245 @@
+"""Ingest: new raw objects become Label Studio tasks, each record accounted for exactly once.
+
+Every record read ends as imported, duplicate (its content is already a task) or
+quarantined (with its reason); the counts add up per object and per run. The work is
+journaled in object storage (see ``state``), so a re-run changes nothing and a run killed
+half-way resumes without duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import IO, Any
+
+from airflow.sdk import ObjectStoragePath
+
+from labelloop.hooks.labelstudio import LabelStudioHook, data_filter
+from labelloop.ingest.readers import format_of, read_records
+from labelloop.ingest.state import IngestState, SourceObject, list_objects
+from labelloop.ingest.validate import BATCH_FIELD, HASH_FIELD, ID_FIELD, InvalidRecord, RecordValidator, content_hash
+from labelloop.spec import ProjectSpec
+
+log = logging.getLogger(__name__)
+
+#: Pre-labels for a batch of task data dicts: one prediction (or None) per task.
+Predictor = Callable[[list[dict[str, Any]]], list[dict[str, Any] | None]]
+COUNTS = ("read", "imported", "duplicate", "quarantined")
+
+
+def storage_path(uri: str, conn_id: str | None) -> ObjectStoragePath:
+    """Local folders need no connection; object stores take the spec's."""
+    return ObjectStoragePath(uri, conn_id=conn_id if not uri.startswith("file://") else None)
+
+
+def is_gold(content: str, fraction: float) -> bool:
+    """A stable pseudo-random choice by content hash: the same item is gold in every run."""
+    return fraction > 0 and int(content[:8], 16) < fraction * 0x1_0000_0000
+
+
+@dataclass
+class _Pending:
+    """An object whose records are read but not all committed to Label Studio yet."""
+
+    obj: SourceObject
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
+
+
+class Ingest:
+    """One ingest run of one project (built per task run; holds the run's journal)."""
+
+    def __init__(self, spec: ProjectSpec, hook: LabelStudioHook, run_id: str,
+                 predictor: Predictor | None = None) -> None:
+        self.spec = spec
+        self.hook = hook
+        self.validator = RecordValidator(spec)
+        self.predictor = predictor
+        self.state = IngestState(storage_path(spec.storage_uri, spec.source.conn_id), run_id)
+        self.project_id: int | None = None
+        self.buffer: list[dict[str, Any]] = []
+        self.buffered_hashes: set[str] = set()
+        self.awaiting: list[_Pending] = []
+        self.committed_sources: set[str] = set()
+        self.next_seq = 0
+
+    # Run ----------------------------------------------------------------------------------
+
+    def run(self, project_id: int, cutoff: datetime | None = None) -> dict[str, Any]:
+        """Ingest objects modified before ``cutoff`` (the data interval's end) not yet processed."""
+        self.project_id = project_id
+        self._resume()
+        self._reconcile_index()
+        finished = self.state.finished_objects()
+        source = storage_path(self.spec.source.uri, self.spec.source.conn_id)
+        skipped: list[dict[str, str]] = []
+        for obj in list_objects(source):
+            if cutoff is not None and obj.modified >= cutoff:
+                continue  # belongs to a later data interval
+            if not self.state.is_new(obj) or obj.name in finished:
+                continue
+            fmt = format_of(obj.path.name)
+            if fmt not in self.spec.source.formats:
+                skipped.append({"object": obj.name, "reason": f"format {fmt or 'unknown'} is not in source.formats "
+                                f"{self.spec.source.formats}; rename it or add the format"})
+                continue
+            self._read_object(obj, fmt)
+            for entry in self._flush_if_full():
+                finished[entry["object"]] = entry
+        for entry in self._flush():
+            finished[entry["object"]] = entry
+        summary = self._summary(finished, skipped)
+        self.state.save(finished, summary)
+        return summary
+
+    def _summary(self, finished: dict[str, dict[str, Any]], skipped: list[dict[str, str]]) -> dict[str, Any]:
+        mine = [entry for entry in finished.values() if entry["run"] == self.state.run]
+        totals = {name: sum(entry[name] for entry in mine) for name in COUNTS}
+        return {
+            "run": self.state.run, "project_id": self.project_id, "objects": len(mine), **totals,
+            "balanced": totals["read"] == totals["imported"] + totals["duplicate"] + totals["quarantined"],
+            "per_object": sorted(mine, key=lambda entry: entry["object"]),
+            "skipped_objects": skipped,
+            "quarantine": str(self.state.root / "quarantine" / self.state.run),
+        }
+
+    # Resume -------------------------------------------------------------------------------
+
+    def _resume(self) -> None:
+        """Take back what an interrupted attempt of this run committed, and settle its last batch."""
+        for batch in self.state.committed_batches():
+            self._remember(batch)
+        pending = self.state.pending_batch()
+        if pending:
+            landed = {task.data[HASH_FIELD]: {"id": task.id, "source": task.data.get("labelloop_source")}
+                      for task in self.hook.iter_tasks(self.project_id, query=data_filter(BATCH_FIELD, pending["batch_id"]))}
+            log.info("settling interrupted batch %s: %d of %d tasks had landed",
+                     pending["batch_id"], len(landed), len(pending["hashes"]))
+            batch = self.state.commit_batch(pending["seq"], pending["batch_id"], landed)
+            self._remember(batch)
+
+    def _remember(self, batch: dict[str, Any]) -> None:
+        self.state.index.update(dict.fromkeys(batch["tasks"], self.state.run))
+        self.committed_sources.update(task["source"] for task in batch["tasks"].values())
+        self.next_seq = max(self.next_seq, batch["seq"] + 1)
+
+    def _reconcile_index(self) -> None:
+        """Trust the index only while it counts what Label Studio holds; else rebuild it from there."""
+        in_labelstudio = self.hook.task_count(self.project_id)
+        if in_labelstudio == len(self.state.index):
+            return
+        log.info("hash index has %d entries, Label Studio %d tasks: rebuilding it from Label Studio",
+                 len(self.state.index), in_labelstudio)
+        fields = list(self.spec.source.fields)
+        rebuilt = {}
+        for task in self.hook.iter_tasks(self.project_id):
+            data = task.data or {}
+            key = data.get(HASH_FIELD) or content_hash({name: data[name] for name in fields if name in data})
+            rebuilt[key] = self.state.index.get(key, "labelstudio")
+        self.state.index = rebuilt
+
+    # Reading ------------------------------------------------------------------------------
+
+    def _read_object(self, obj: SourceObject, fmt: str) -> None:
+        pending = _Pending(obj)
+        quarantine = self.state.quarantine_path(obj)
+        quarantine.parent.mkdir(parents=True, exist_ok=True)
+        with obj.path.open("rb") as stream, _LazyWriter(quarantine) as bad:
+            for raw in read_records(stream, fmt, self.spec.source.max_record_bytes):
+                pending.counts["read"] += 1
+                source = f"{obj.name}#{raw.line}"
+                if raw.error is None:
+                    try:
+                        self._accept(raw.fields, source, pending)
+                        continue
+                    except InvalidRecord as error:
+                        reason = str(error)
+                else:
+                    reason = raw.error
+                pending.counts["quarantined"] += 1
+                bad.write({"source": obj.name, "line": raw.line, "reason": reason, "record": raw.raw,
+                           "run": self.state.run})
+        self.awaiting.append(pending)
+
+    def _accept(self, fields: dict[str, Any], source: str, pending: _Pending) -> None:
+        record = self.validator.validate(fields)
+        key = record.content_hash
+        if source in self.committed_sources:
+            pending.counts["imported"] += 1  # an earlier attempt of this run imported it
+        elif key in self.state.index or key in self.buffered_hashes:
+            pending.counts["duplicate"] += 1
+        else:
+            pending.counts["imported"] += 1
+            self.buffered_hashes.add(key)
+            data = {**record.data, HASH_FIELD: key, ID_FIELD: record.item_id, "labelloop_source": source}
+            meta = {"item_id": record.item_id, "source": source, "label": record.label,
+                    "gold": record.label is not None and is_gold(key, self.spec.annotation.gold_fraction)}
+            self.buffer.append({"data": data, "meta": meta})
+
+    # Importing ----------------------------------------------------------------------------
+
+    def _flush_if_full(self) -> list[dict[str, Any]]:
+        entries = []
+        while len(self.buffer) >= self.spec.import_batch_size:
+            batch, self.buffer = self.buffer[: self.spec.import_batch_size], self.buffer[self.spec.import_batch_size:]
+            self._import(batch)
+        if not self.buffer:
+            entries = self._finish_awaiting()
+        return entries
+
+    def _flush(self) -> list[dict[str, Any]]:
+        if self.buffer:
+            self._import(self.buffer)
+            self.buffer = []
+        return self._finish_awaiting()
+
+    def _finish_awaiting(self) -> list[dict[str, Any]]:
+        """Objects whose every record is now committed get their completion marker."""
+        entries = [self.state.finish_object(pending.obj, pending.counts) for pending in self.awaiting]
+        self.awaiting = []
+        return entries
+
+    def _import(self, tasks: list[dict[str, Any]]) -> None:
+        if self.predictor is not None:
+            for task, prediction in zip(tasks, self.predictor([task["data"] for task in tasks])):
+                if prediction is not None:
+                    task["predictions"] = [prediction]
+        seq = self.next_seq
+        self.next_seq += 1
+        hashes = [task["data"][HASH_FIELD] for task in tasks]
+        batch_id = self.state.begin_batch(seq, hashes)
+        for task in tasks:
+            task["data"][BATCH_FIELD] = batch_id
+        ids = self.hook.import_batch(self.project_id, tasks, batch_id, key_field=HASH_FIELD, batch_field=BATCH_FIELD)
+        sources = {task["data"][HASH_FIELD]: task["data"]["labelloop_source"] for task in tasks}
+        batch = self.state.commit_batch(seq, batch_id, {key: {"id": ids[key], "source": sources[key]} for key in ids})
+        self._remember(batch)
+        self.buffered_hashes.difference_update(hashes)
+        log.info("batch %s: %d tasks imported", batch_id, len(tasks))
+
+
+class _LazyWriter:
+    """JSONL writer that creates its file only when the first line comes (no empty files)."""
+
+    def __init__(self, path: ObjectStoragePath) -> None:
+        self.path = path
+        self.stream: IO[str] | None = None
+
+    def __enter__(self) -> _LazyWriter:
+        self.path.unlink(missing_ok=True)  # a re-read of the object rewrites its quarantine whole
+        return self
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.stream is None:
+            self.stream = self.path.open("w", encoding="utf-8")
+        self.stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.stream is not None:
+            self.stream.close()
+
+
+def ingest_counts_line(summary: dict[str, Any]) -> str:
+    return ", ".join(f"{name} {summary[name]:,}" for name in COUNTS)

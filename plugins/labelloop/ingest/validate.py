@@ -1,0 +1,102 @@
+"""Turn a parsed record into Label Studio task data, or say exactly why it cannot be one.
+
+The content hash is computed over the task data the spec defines (not the record's id),
+so the same message arriving twice, under two ids or in two files, is one task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from labelloop.spec import DataField, ProjectSpec
+
+HASH_FIELD = "labelloop_hash"
+BATCH_FIELD = "labelloop_batch"
+ID_FIELD = "labelloop_id"
+
+
+class InvalidRecord(ValueError):
+    """The record breaks the spec; the message names the field and what is accepted."""
+
+
+@dataclass(frozen=True, slots=True)
+class ValidRecord:
+    data: dict[str, Any]
+    content_hash: str
+    item_id: str | None
+    label: str | None
+
+
+def content_hash(data: dict[str, Any]) -> str:
+    """A 128-bit hash of the canonical JSON of the spec's data fields."""
+    canonical = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.blake2b(canonical.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def _coerce(name: str, rule: DataField, value: Any) -> Any:
+    """Accept the spec's type; CSV cells arrive as strings, so numbers and booleans are parsed."""
+    if rule.type == "string":
+        if not isinstance(value, str):
+            raise InvalidRecord(f"field {name!r} must be a string, got {type(value).__name__} {value!r:.80}")
+        if rule.max_length is not None and len(value) > rule.max_length:
+            raise InvalidRecord(f"field {name!r} has {len(value):,} characters; the limit is {rule.max_length:,}")
+        return value
+    if rule.type == "boolean":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in {"true", "false", "1", "0"}:
+            return value.strip().lower() in {"true", "1"}
+        raise InvalidRecord(f"field {name!r} must be true or false, got {value!r:.80}")
+    number_type = int if rule.type == "integer" else float
+    if isinstance(value, bool):
+        raise InvalidRecord(f"field {name!r} must be {'an integer' if number_type is int else 'a number'}, got {value!r}")
+    try:
+        number = number_type(value)
+    except (TypeError, ValueError):
+        raise InvalidRecord(
+            f"field {name!r} must be {'an integer' if number_type is int else 'a number'}, got {value!r:.80}"
+        ) from None
+    if number_type is int and isinstance(value, float) and not value.is_integer():
+        raise InvalidRecord(f"field {name!r} must be an integer, got {value!r}")
+    return number
+
+
+class RecordValidator:
+    """Checks records against one spec: required fields, types, sizes, known labels."""
+
+    def __init__(self, spec: ProjectSpec) -> None:
+        self.fields = spec.source.fields
+        self.id_field = spec.source.id_field
+        self.label_field = spec.source.label_field
+        self.labels = set(spec.labels)
+        self.label_list = ", ".join(spec.labels)
+
+    def validate(self, record: dict[str, Any]) -> ValidRecord:
+        data: dict[str, Any] = {}
+        for name, rule in self.fields.items():
+            source = rule.source or name
+            value = record.get(source)
+            if value is None or (isinstance(value, str) and not value.strip()):
+                if rule.required:
+                    present = ", ".join(sorted(record)) or "none"
+                    raise InvalidRecord(f"required field {source!r} is missing or empty (fields present: {present})")
+                continue
+            data[name] = _coerce(source, rule, value)
+        label = self._label(record)
+        item_id = record.get(self.id_field) if self.id_field else None
+        if item_id is not None:
+            item_id = str(item_id)
+        return ValidRecord(data, content_hash(data), item_id, label)
+
+    def _label(self, record: dict[str, Any]) -> str | None:
+        if not self.label_field:
+            return None
+        label = record.get(self.label_field)
+        if label is None or label == "":
+            return None
+        if label not in self.labels:
+            raise InvalidRecord(f"unknown label {label!r} in field {self.label_field!r}; allowed: {self.label_list}")
+        return label

@@ -1,0 +1,28 @@
+"""The Label Studio project a spec describes, created or brought up to date idempotently."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from labelloop.hooks.labelstudio import LabelStudioHook
+from labelloop.spec import ProjectSpec
+
+
+def project_settings(spec: ProjectSpec) -> dict[str, Any]:
+    """Everything labelloop owns in the project; other settings are left as people set them."""
+    return {
+        "description": spec.description,
+        "label_config": spec.labeling_config_xml,
+        "expert_instruction": spec.guidelines_html,
+        "show_instruction": bool(spec.guidelines_html),
+        "maximum_annotations": spec.annotation.annotators_per_task,
+        "show_skip_button": spec.annotation.show_skip_button,
+        # Overlap applies to every task: each gets annotators_per_task answers.
+        "overlap_cohort_percentage": 100,
+    }
+
+
+def ensure_project(hook: LabelStudioHook, spec: ProjectSpec) -> tuple[int, bool]:
+    """(project id, created?) for the spec's project."""
+    project, created = hook.upsert_project(spec.title, **project_settings(spec))
+    return project.id, created

@@ -1,0 +1,29 @@
+"""Names shared by the DAGs, the embedded stack, docker-compose and the tests.
+
+One place, so a connection id or an environment variable cannot drift between them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+LABELSTUDIO_CONN_ID = "labelstudio_default"
+MLFLOW_CONN_ID = "mlflow_default"
+AWS_CONN_ID = "aws_default"
+
+#: Where the DAG factory looks for project specs; override with LABELLOOP_PROJECTS_DIR.
+PROJECTS_DIR_ENV = "LABELLOOP_PROJECTS_DIR"
+#: Root of the local state folder of the embedded stack (and the default object store).
+STATE_DIR_ENV = "LABELLOOP_STATE_DIR"
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+INCLUDE_DIR = REPO_ROOT / "include"
+
+
+def projects_dir() -> Path:
+    return Path(os.environ.get(PROJECTS_DIR_ENV, INCLUDE_DIR / "projects"))
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get(STATE_DIR_ENV, REPO_ROOT / ".state"))

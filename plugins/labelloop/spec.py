@@ -1,0 +1,250 @@
+"""The annotation project spec: one YAML file per project, loaded into one typed model.
+
+Every stage reads this model; nobody re-parses YAML. A wrong spec raises ``SpecError``
+naming the file, the field and what would be accepted, so the DAG processor shows a
+message a person can act on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from labelloop import settings
+
+SLUG = r"^[a-z][a-z0-9_]{1,62}$"
+_ENV_REF = re.compile(r"\$\{(?P<name>[A-Z_][A-Z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+
+
+class SpecError(ValueError):
+    """A project spec is wrong; the message names the file, the field and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+FieldType = Literal["string", "integer", "number", "boolean"]
+
+
+class DataField(_Strict):
+    """One field of a Label Studio task's data, and the record field it comes from."""
+
+    source: str | None = Field(None, description="record field name; defaults to the task field name")
+    type: FieldType = "string"
+    required: bool = True
+    max_length: Annotated[int, Field(gt=0)] | None = None
+
+
+class Source(_Strict):
+    """Where raw records land and how they map onto task data."""
+
+    uri: str = Field(description="folder of raw objects: file:///..., s3://bucket/prefix/, ...")
+    conn_id: str | None = Field(None, description="Airflow connection for the store (s3: aws_default)")
+    formats: list[Literal["jsonl", "json", "csv"]] = ["jsonl", "json", "csv"]
+    id_field: str | None = Field(None, description="record field holding the external item id")
+    label_field: str | None = Field(None, description="record field holding a known label, if any")
+    fields: dict[str, DataField]
+    max_record_bytes: Annotated[int, Field(gt=0)] = 64 * 1024
+
+    @field_validator("uri")
+    @classmethod
+    def _folder(cls, uri: str) -> str:
+        if "://" not in uri:
+            raise ValueError(f"{uri!r} has no scheme; write file:///abs/path/ or s3://bucket/prefix/")
+        return uri.rstrip("/") + "/"
+
+
+class Annotation(_Strict):
+    annotators_per_task: Annotated[int, Field(ge=1, le=50)] = 1
+    gold_fraction: Annotated[float, Field(ge=0, le=1)] = 0.0
+    show_skip_button: bool = True
+
+
+class Quality(_Strict):
+    """Thresholds of the audit's quality gate."""
+
+    min_gold_accuracy: Annotated[float, Field(ge=0, le=1)] = 0.8
+    min_kappa: Annotated[float, Field(ge=-1, le=1)] = 0.6
+    min_alpha: Annotated[float, Field(ge=-1, le=1)] = 0.6
+    min_consensus_confidence: Annotated[float, Field(ge=0, le=1)] = 0.7
+    spot_check_fraction: Annotated[float, Field(ge=0, le=1)] = 0.05
+    consensus: Literal["majority", "dawid_skene"] = "dawid_skene"
+
+
+class Model(_Strict):
+    """The pre-label model in the MLflow registry."""
+
+    name: str
+    metric: Literal["accuracy", "macro_f1"] = "macro_f1"
+    promotion_margin: Annotated[float, Field(ge=0, le=1)] = 0.005
+    min_score: Annotated[float, Field(ge=0, le=1)] = 0.8
+
+
+class Schedules(_Strict):
+    """Cron expressions or presets (``@hourly``); ``null`` means manual trigger only."""
+
+    ingest: str | None = "@hourly"
+    collect: str | None = "@daily"
+
+
+class ProjectSpec(_Strict):
+    name: Annotated[str, Field(pattern=SLUG, description="slug used in DAG ids and storage paths")]
+    title: str
+    description: str = ""
+    labeling_config: Path = Field(description="XML file, relative to the spec's include/ folder")
+    guidelines: Path | None = Field(None, description="Markdown file shown as the project's instructions")
+    control_name: str = Field(description="name of the Choices tag holding the answer (from_name)")
+    labels: list[str] = Field(min_length=2)
+    source: Source
+    storage_uri: str = Field(description="where manifests, quarantine, summaries and snapshots go")
+    import_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 1000
+    annotation: Annotation = Annotation()
+    quality: Quality = Quality()
+    model: Model | None = None
+    schedules: Schedules = Schedules()
+    spec_path: Path | None = Field(None, exclude=True)
+
+    @field_validator("labels")
+    @classmethod
+    def _unique_labels(cls, labels: list[str]) -> list[str]:
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"labels repeat a value: {labels}")
+        return labels
+
+    @field_validator("storage_uri")
+    @classmethod
+    def _storage_scheme(cls, uri: str) -> str:
+        if "://" not in uri:
+            raise ValueError(f"{uri!r} has no scheme; write file:///abs/path or s3://bucket/prefix")
+        return uri.rstrip("/")
+
+    @model_validator(mode="after")
+    def _config_agrees(self) -> ProjectSpec:
+        """The labeling config must offer exactly the spec's labels and read the spec's fields."""
+        from label_studio_sdk.label_interface import LabelInterface
+
+        xml = self.labeling_config_xml
+        try:
+            interface = LabelInterface(xml)
+            control = interface.get_control(self.control_name)
+        except Exception as error:  # the SDK raises bare Exception for unknown names
+            raise ValueError(f"labeling_config {self.labeling_config}: {error}") from error
+        if sorted(control.labels) != sorted(self.labels):
+            raise ValueError(
+                f"labeling_config {self.labeling_config}: control {self.control_name!r} offers "
+                f"{control.labels}, but labels is {self.labels}; make them the same"
+            )
+        variables = {obj.value.lstrip("$") for obj in interface.objects}
+        missing = variables - set(self.source.fields)
+        if missing:
+            raise ValueError(
+                f"labeling_config {self.labeling_config} reads ${', $'.join(sorted(missing))}, "
+                f"which source.fields does not define; add them to source.fields"
+            )
+        return self
+
+    @property
+    def base_dir(self) -> Path:
+        return self.spec_path.parent.parent if self.spec_path else settings.INCLUDE_DIR
+
+    @cached_property
+    def labeling_config_xml(self) -> str:
+        return _read_relative(self.base_dir, self.labeling_config, "labeling_config")
+
+    @cached_property
+    def guidelines_html(self) -> str:
+        """Markdown guidelines, shown as-is inside <pre> (Label Studio renders HTML)."""
+        if self.guidelines is None:
+            return ""
+        import html
+
+        text = _read_relative(self.base_dir, self.guidelines, "guidelines")
+        return f'<pre style="white-space: pre-wrap">{html.escape(text)}</pre>'
+
+    @property
+    def object_name(self) -> str:
+        """The object tag the control labels (to_name in results)."""
+        from label_studio_sdk.label_interface import LabelInterface
+
+        return LabelInterface(self.labeling_config_xml).get_control(self.control_name).to_name[0]
+
+    @property
+    def dag_prefix(self) -> str:
+        return f"labelloop__{self.name}"
+
+
+def _read_relative(base: Path, path: Path, field: str) -> str:
+    full = path if path.is_absolute() else base / path
+    try:
+        return full.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ValueError(f"{field}: cannot read {full} ({error.strerror}); give a path relative to {base}")
+
+
+def expand_env(value: Any, where: str = "") -> Any:
+    """Replace ``${NAME}`` / ``${NAME:-default}`` in every string, so one spec serves every stack."""
+    if isinstance(value, dict):
+        return {key: expand_env(item, f"{where}.{key}".lstrip(".")) for key, item in value.items()}
+    if isinstance(value, list):
+        return [expand_env(item, f"{where}[{index}]") for index, item in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match["name"], match["default"]
+        if name in os.environ:
+            return os.environ[name]
+        if name == "LABELLOOP_STORE":
+            return f"file://{settings.state_dir() / 'store'}"
+        if default is not None:
+            return default
+        raise SpecError(f"{where}: environment variable {name} is not set and has no default; "
+                        f"set it or write ${{{name}:-default}}")
+
+    return _ENV_REF.sub(substitute, value)
+
+
+def load_spec(path: Path) -> ProjectSpec:
+    """Load and validate one spec; every failure names the file."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise SpecError(f"{path}: not readable YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: expected a mapping of spec fields at the top level")
+    try:
+        return ProjectSpec.model_validate({**expand_env(raw), "spec_path": path})
+    except SpecError as error:
+        raise SpecError(f"{path}: {error}") from None
+    except ValidationError as error:
+        raise SpecError(f"{path}: {_describe(error)}") from None
+
+
+def _describe(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field; check the spelling against docs/spec.md"
+        elif item["type"] == "literal_error":
+            message = f"{message} (got {item['input']!r})"
+        problems.append(f"field {where}: {message}")
+    return "; ".join(problems)
+
+
+def load_specs(folder: Path | None = None) -> list[ProjectSpec]:
+    folder = folder or settings.projects_dir()
+    specs = [load_spec(path) for path in sorted(folder.glob("*.y*ml"))]
+    names = [spec.name for spec in specs]
+    duplicated = {name for name in names if names.count(name) > 1}
+    if duplicated:
+        raise SpecError(f"{folder}: more than one spec is named {sorted(duplicated)}; names must be unique")
+    return specs
