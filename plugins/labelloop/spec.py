@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from xml.etree import ElementTree
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -128,21 +130,14 @@ class ProjectSpec(_Strict):
     @model_validator(mode="after")
     def _config_agrees(self) -> ProjectSpec:
         """The labeling config must offer exactly the spec's labels and read the spec's fields."""
-        from label_studio_sdk.label_interface import LabelInterface
-
-        xml = self.labeling_config_xml
-        try:
-            interface = LabelInterface(xml)
-            control = interface.get_control(self.control_name)
-        except Exception as error:  # the SDK raises bare Exception for unknown names
-            raise ValueError(f"labeling_config {self.labeling_config}: {error}") from error
-        if sorted(control.labels) != sorted(self.labels):
+        _ = self.guidelines_html  # read now: a missing file is a spec error, not a task failure
+        config = LabelingConfig.parse(self.labeling_config_xml, self.control_name, str(self.labeling_config))
+        if sorted(config.labels) != sorted(self.labels):
             raise ValueError(
                 f"labeling_config {self.labeling_config}: control {self.control_name!r} offers "
-                f"{control.labels}, but labels is {self.labels}; make them the same"
+                f"{config.labels}, but labels is {self.labels}; make them the same"
             )
-        variables = {obj.value.lstrip("$") for obj in interface.objects}
-        missing = variables - set(self.source.fields)
+        missing = config.variables - set(self.source.fields)
         if missing:
             raise ValueError(
                 f"labeling_config {self.labeling_config} reads ${', $'.join(sorted(missing))}, "
@@ -171,13 +166,39 @@ class ProjectSpec(_Strict):
     @property
     def object_name(self) -> str:
         """The object tag the control labels (to_name in results)."""
-        from label_studio_sdk.label_interface import LabelInterface
-
-        return LabelInterface(self.labeling_config_xml).get_control(self.control_name).to_name[0]
+        return LabelingConfig.parse(self.labeling_config_xml, self.control_name).to_name
 
     @property
     def dag_prefix(self) -> str:
         return f"labelloop__{self.name}"
+
+
+@dataclass(frozen=True)
+class LabelingConfig:
+    """What labelloop needs from a labeling config, read with the standard library.
+
+    (The SDK's LabelInterface costs 1.5 s of imports; DAG parsing must stay cheap.)
+    """
+
+    labels: list[str]
+    to_name: str
+    variables: set[str]
+
+    @classmethod
+    def parse(cls, xml: str, control_name: str, where: str = "labeling config") -> LabelingConfig:
+        try:
+            root = ElementTree.fromstring(xml)
+        except ElementTree.ParseError as error:
+            raise ValueError(f"{where} is not well-formed XML: {error}") from None
+        controls = {tag.get("name"): tag for tag in root.iter() if tag.tag in {"Choices", "Labels"}}
+        control = controls.get(control_name)
+        if control is None:
+            raise ValueError(f"{where} has no <Choices name={control_name!r}>; control_name must be one of "
+                             f"{sorted(name for name in controls if name)}")
+        labels = [choice.get("value", "") for choice in control if choice.tag in {"Choice", "Label"}]
+        to_name = (control.get("toName") or "").split(",")[0]
+        variables = {tag.get("value", "")[1:] for tag in root.iter() if tag.get("value", "").startswith("$")}
+        return cls(labels, to_name, variables)
 
 
 def _read_relative(base: Path, path: Path, field: str) -> str:

@@ -1,0 +1,118 @@
+"""Session-wide test setup: an isolated Airflow home, and real servers started once.
+
+Servers bind to 127.0.0.1 on free ports and are stopped at the end of the session:
+Label Studio (its own virtualenv, as in production), an S3 API server (moto's server,
+not the in-process mock, which breaks ObjectStoragePath), and MLflow when a test asks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+# Before anything imports airflow: a private home, SQLite, no examples.
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="labelloop-tests-"))
+os.environ["AIRFLOW_HOME"] = str(_SESSION_DIR / "airflow")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "false"
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "true"
+os.environ["LABELLOOP_STATE_DIR"] = str(_SESSION_DIR / "state")
+
+REPO = Path(__file__).resolve().parents[1]
+SMS = REPO / "include" / "demo" / "sms-spam" / "messages.jsonl"
+TOKEN = "labelloop-test-token-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Path:
+    return _SESSION_DIR
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """A migrated SQLite metadata DB, needed by dag.test()."""
+    from airflow.utils.db import resetdb
+
+    resetdb()
+
+
+@pytest.fixture(scope="session")
+def labelstudio(session_dir: Path) -> Iterator[Any]:
+    """A real Label Studio server; the Airflow connection points at it."""
+    from labelloop.settings import LABELSTUDIO_CONN_ID
+    from labelloop.stack import free_port, labelstudio_server
+
+    server = labelstudio_server(session_dir / "stack", free_port(), token=TOKEN).start()
+    os.environ[f"AIRFLOW_CONN_{LABELSTUDIO_CONN_ID.upper()}"] = json.dumps(
+        {"conn_type": "labelstudio", "host": server.url, "password": TOKEN})
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """moto's S3 API server on 127.0.0.1; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    from labelloop.settings import AWS_CONN_ID
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    os.environ[f"AIRFLOW_CONN_{AWS_CONN_ID.upper()}"] = json.dumps({
+        "conn_type": "aws", "login": "testing", "password": "testing",
+        "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+    })
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str) -> str:
+    """A fresh bucket per test, created through the Amazon provider's S3Hook."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    name = f"labelloop-{uuid.uuid4().hex[:12]}"
+    S3Hook(aws_conn_id="aws_default").create_bucket(bucket_name=name)
+    return name
+
+
+@pytest.fixture
+def labelstudio_hook(labelstudio: Any) -> Any:
+    from labelloop.hooks.labelstudio import LabelStudioHook
+
+    return LabelStudioHook()
+
+
+@pytest.fixture
+def make_spec(tmp_path: Path) -> Any:
+    """Write a spec like include/projects/sms_spam.yaml with a unique name, title and storage."""
+
+    def make(source_uri: str | None = None, storage_uri: str | None = None, **overrides: Any) -> Path:
+        raw = yaml.safe_load((REPO / "include" / "projects" / "sms_spam.yaml").read_text())
+        name = f"t_{uuid.uuid4().hex[:10]}"
+        raw.update(name=name, title=f"test {name}",
+                   labeling_config=str(REPO / "include" / raw["labeling_config"]),
+                   guidelines=str(REPO / "include" / raw["guidelines"]),
+                   storage_uri=storage_uri or f"file://{tmp_path / 'store'}")
+        raw["source"]["uri"] = source_uri or f"file://{tmp_path / 'raw'}/"
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(raw.get(key), dict):
+                raw[key] = {**raw[key], **value}
+            else:
+                raw[key] = value
+        folder = tmp_path / "projects"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        return path
+
+    return make

@@ -1,0 +1,71 @@
+"""A wrong spec fails with a message naming the file, the field and what is accepted."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from labelloop.spec import SpecError, load_spec, load_specs
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_specs_load() -> None:
+    specs = load_specs(REPO / "include" / "projects")
+    sms = next(spec for spec in specs if spec.name == "sms_spam")
+    assert sms.labels == ["ham", "spam"]
+    assert sms.object_name == "text"
+    assert sms.source.uri.endswith("/raw/sms_spam/")
+    assert "spam" in sms.guidelines_html
+
+
+def rewrite(make_spec, mutate) -> Path:
+    path = make_spec()
+    raw = yaml.safe_load(path.read_text())
+    mutate(raw)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda raw: raw.update(labels=["ham", "spam", "eggs"]), "offers ['ham', 'spam'], but labels is"),
+        (lambda raw: raw.update(control_name="answer"), "no <Choices name='answer'>"),
+        (lambda raw: raw["source"].update(formats=["xlsx"]), "field source.formats.0: Input should be"),
+        (lambda raw: raw.update(colour="red"), "field colour: unknown field"),
+        (lambda raw: raw["source"].update(fields={"body": {"type": "string"}}), "reads $text, which source.fields"),
+        (lambda raw: raw.update(name="Bad Name"), "field name: String should match pattern"),
+        (lambda raw: raw["annotation"].update(annotators_per_task=0), "field annotation.annotators_per_task"),
+        (lambda raw: raw.update(storage_uri="/no/scheme"), "has no scheme"),
+        (lambda raw: raw.update(guidelines="missing.md"), "guidelines: cannot read"),
+        (lambda raw: raw["source"].update(uri="${LABELLOOP_NOT_SET}/raw/"), "LABELLOOP_NOT_SET is not set"),
+    ],
+)
+def test_bad_spec_names_file_and_field(make_spec, mutate, expected) -> None:
+    path = rewrite(make_spec, mutate)
+    with pytest.raises(SpecError) as error:
+        load_spec(path)
+    assert str(path) in str(error.value)
+    assert expected in str(error.value)
+
+
+def test_broken_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: [unclosed\n")
+    with pytest.raises(SpecError, match="broken.yaml: not readable YAML"):
+        load_spec(path)
+
+
+def test_env_default_and_override(make_spec, monkeypatch) -> None:
+    path = rewrite(make_spec, lambda raw: raw["source"].update(uri="${LABELLOOP_RAW:-file:///data/raw}"))
+    assert load_spec(path).source.uri == "file:///data/raw/"
+    monkeypatch.setenv("LABELLOOP_RAW", "s3://bucket/raw")
+    assert load_spec(path).source.uri == "s3://bucket/raw/"
+
+
+def test_duplicate_names_rejected(make_spec, tmp_path: Path) -> None:
+    first = make_spec()
+    (first.parent / "copy.yaml").write_text(first.read_text())
+    with pytest.raises(SpecError, match="more than one spec is named"):
+        load_specs(first.parent)
