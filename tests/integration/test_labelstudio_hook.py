@@ -1,0 +1,59 @@
+"""LabelStudioHook against a real Label Studio server: both token kinds, paging, exactly-once import."""
+
+import json
+import os
+
+import pytest
+
+from labelloop.hooks.labelstudio import LabelStudioHook, data_filter
+
+pytestmark = pytest.mark.integration
+
+CONFIG = '<View><Text name="text" value="$text"/><Choices name="label" toName="text">' \
+         '<Choice value="a"/><Choice value="b"/></Choices></View>'
+
+
+def use_connection(monkeypatch, conn_id: str, host: str, token: str) -> LabelStudioHook:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}",
+                       json.dumps({"conn_type": "labelstudio", "host": host, "password": token}))
+    return LabelStudioHook(labelstudio_conn_id=conn_id)
+
+
+def test_legacy_token_and_personal_access_token(labelstudio, labelstudio_hook, monkeypatch) -> None:
+    ok, message = labelstudio_hook.test_connection()
+    assert ok and "admin@labelloop.local" in message
+    # A personal access token is a JWT refresh token: the SDK exchanges it and sends Bearer.
+    pat = labelstudio_hook.client.tokens.create().token
+    assert pat.count(".") == 2
+    pat_hook = use_connection(monkeypatch, "ls_pat", labelstudio.url, pat)
+    assert pat_hook.test_connection()[0]
+    assert not pat_hook.client._client_wrapper._tokens_client._use_legacy_token
+    project, created = pat_hook.upsert_project("pat project", label_config=CONFIG)
+    assert created and labelstudio_hook.find_project("pat project").id == project.id
+
+
+def test_bad_token_and_unreachable_server_fail_clearly(labelstudio, monkeypatch) -> None:
+    ok, message = use_connection(monkeypatch, "ls_bad", labelstudio.url, "not-a-token").test_connection()
+    assert not ok and "refused or is unreachable" in message and "401" in message
+    unreachable = use_connection(monkeypatch, "ls_down", "http://127.0.0.1:9", "x")
+    unreachable.max_retries = 0
+    assert not unreachable.test_connection()[0]
+
+
+def test_missing_connection_fields(monkeypatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_LS_EMPTY", json.dumps({"conn_type": "labelstudio", "host": "x"}))
+    with pytest.raises(Exception, match="needs host .* and password"):
+        LabelStudioHook(labelstudio_conn_id="ls_empty").client
+
+
+def test_paging_and_exactly_once_import(labelstudio_hook) -> None:
+    project, _ = labelstudio_hook.upsert_project("paging", label_config=CONFIG)
+    tasks = [{"data": {"text": f"t{i}", "key": f"k{i}", "batch": "b1"}} for i in range(250)]
+    first = labelstudio_hook.import_batch(project.id, tasks, "b1", key_field="key", batch_field="batch")
+    again = labelstudio_hook.import_batch(project.id, tasks, "b1", key_field="key", batch_field="batch")
+    assert first == again and len(set(first.values())) == 250
+    listed = list(labelstudio_hook.iter_tasks(project.id, page_size=100))
+    assert len(listed) == 250 == labelstudio_hook.task_count(project.id)
+    selected = list(labelstudio_hook.iter_tasks(project.id, query=data_filter("key", "k7")))
+    assert [task.data["text"] for task in selected] == ["t7"]
+    labelstudio_hook.delete_project(project.id)
