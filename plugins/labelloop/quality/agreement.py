@@ -9,11 +9,12 @@ seconds, not a Python loop per pair.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Literal
 
 import numpy as np
 import pandas as pd
-from scipy import sparse, stats
+from scipy import sparse
 
 ITEM, ANNOTATOR, LABEL = "item_id", "annotator_id", "label"
 COLUMNS = (ITEM, ANNOTATOR, LABEL)
@@ -141,7 +142,7 @@ def wilson_interval(
     """Wilson score interval: unlike the normal approximation it stays inside [0, 1] and is
     sensible for an annotator who has seen only a few gold items. NaN where n == 0."""
     n_correct, n = np.asarray(n_correct, float), np.asarray(n, float)
-    z = stats.norm.ppf(0.5 + confidence / 2)
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
     with np.errstate(invalid="ignore", divide="ignore"):
         p = n_correct / n
         denominator = 1 + z**2 / n

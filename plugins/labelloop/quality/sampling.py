@@ -41,5 +41,7 @@ def disagreements(labels: pd.DataFrame) -> pd.Index:
 def low_confidence(consensus: pd.DataFrame, threshold: float) -> pd.Index:
     """Item ids whose consensus confidence is below ``threshold`` (consensus frame columns
     item_id, label, confidence), most doubtful first."""
-    doubtful = consensus[consensus["confidence"] < threshold].sort_values("confidence", kind="stable")
+    doubtful = consensus[consensus["confidence"] < threshold].sort_values(
+        "confidence", kind="stable"
+    )
     return pd.Index(doubtful[ITEM], name=ITEM)
