@@ -44,9 +44,10 @@ def metrics_json(metrics: dict[str, Any]) -> str:
 
 
 def write_audit(
-    result: AuditResult, out_dir: Path, history: Sequence[dict[str, Any]] = ()
+    result: AuditResult, out_dir: Path | str, history: Sequence[dict[str, Any]] = ()
 ) -> list[Path]:
     """Write consensus.csv (item_id, label, confidence), metrics.json and report.html."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / name for name in ("consensus.csv", "metrics.json", "report.html")]
     result.consensus[["item_id", "label", "confidence"]].to_csv(paths[0], index=False)
