@@ -81,6 +81,15 @@ class Encoded:
     def n_labels(self) -> int:
         return len(self.labels)
 
+    def responses(self) -> sparse.csr_matrix:
+        """items x (annotator, label) one-hot matrix: column a * n_labels + l is 1 where
+        annotator a gave label l. Pairwise kappa and Dawid-Skene are products with it."""
+        columns = self.annotator * self.n_labels + self.label
+        return sparse.csr_matrix(
+            (np.ones(len(self.item)), (self.item, columns)),
+            shape=(self.n_items, self.n_annotators * self.n_labels),
+        )
+
     def label_counts(self) -> np.ndarray:
         """items x labels matrix of vote counts."""
         flat = np.bincount(self.item * self.n_labels + self.label,
@@ -180,23 +189,20 @@ def pairwise_kappa(labels: pd.DataFrame, min_shared: int = DEFAULT_MIN_SHARED) -
     """Cohen's kappa for every annotator pair sharing at least ``min_shared`` items.
 
     One sparse product gives every pair's contingency table at once: with X the
-    items x (annotator, label) one-hot matrix, (X.T @ X)[(a, l), (b, m)] counts the items
+    ``Encoded.responses()`` one-hot matrix, (X.T @ X)[(a, l), (b, m)] counts the items
     where a said l and b said m. Kappa is NaN when both annotators used one and the same
     label throughout (chance agreement is 1), as in scikit-learn.
     Columns: annotator_a, annotator_b (a < b in sorted order), n_shared, kappa.
     """
     enc = encode(labels)
     n_labels = enc.n_labels
-    one_hot = sparse.csr_matrix(
-        (np.ones(len(enc.item), np.int64), (enc.item, enc.annotator * n_labels + enc.label)),
-        shape=(enc.n_items, enc.n_annotators * n_labels),
-    )
-    tables = (one_hot.T @ one_hot).tocoo()
+    responses = enc.responses()
+    tables = (responses.T @ responses).tocoo()
     a, label_a = np.divmod(tables.row.astype(np.int64), n_labels)
     b, label_b = np.divmod(tables.col.astype(np.int64), n_labels)
     upper = a < b
     a, b, label_a, label_b = a[upper], b[upper], label_a[upper], label_b[upper]
-    count = tables.data[upper].astype(float)
+    count = tables.data[upper]
 
     pair_codes, pair = np.unique(a * enc.n_annotators + b, return_inverse=True)
     n_pairs = len(pair_codes)

@@ -99,12 +99,8 @@ class DawidSkene(_Aggregator):
     def fit(self, data: pd.DataFrame) -> Self:
         enc = encode(data)
         n_labels, n_annotators = enc.n_labels, enc.n_annotators
-        # responses[i, (a, l)] = 1 when annotator a gave label l to item i. The M-step is
-        # responses.T @ probas, the E-step responses @ log(errors): two sparse products.
-        responses = sparse.csr_matrix(
-            (np.ones(len(enc.item)), (enc.item, enc.annotator * n_labels + enc.label)),
-            shape=(enc.n_items, n_annotators * n_labels),
-        )
+        # The M-step is responses.T @ probas, the E-step responses @ log(errors).
+        responses = enc.responses()
         responses_t = responses.T.tocsr()
         probas = _vote_shares(enc)
         previous = -np.inf
