@@ -22,10 +22,9 @@ import yaml
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="labelloop-tests-"))
 os.environ["AIRFLOW_HOME"] = str(_SESSION_DIR / "airflow")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "false"
-os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "true"
 os.environ["LABELLOOP_STATE_DIR"] = str(_SESSION_DIR / "state")
-
 REPO = Path(__file__).resolve().parents[1]
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
 SMS = REPO / "include" / "demo" / "sms-spam" / "messages.jsonl"
 TOKEN = "labelloop-test-token-0123456789abcdef"
 
@@ -90,6 +89,21 @@ def labelstudio_hook(labelstudio: Any) -> Any:
     from labelloop.hooks.labelstudio import LabelStudioHook
 
     return LabelStudioHook()
+
+
+@pytest.fixture
+def run_dag(airflow_db: None, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Run one of a spec's DAGs with dag.test(); the DAG processor sees only that spec."""
+
+    def run(spec_path: Path, kind: str, **test_kwargs: Any) -> Any:
+        from labelloop import factory
+        from labelloop.spec import load_spec
+
+        monkeypatch.setenv("LABELLOOP_PROJECTS_DIR", str(spec_path.parent))
+        dag = getattr(factory, f"{kind}_dag")(load_spec(spec_path))
+        return dag.test(**test_kwargs)
+
+    return run
 
 
 @pytest.fixture

@@ -82,7 +82,10 @@ def ingest_dag(spec: ProjectSpec) -> DAG:
             spec = _load(spec_path)
             hook = LabelStudioHook()
             project_id, _ = ensure_project(hook, spec)
-            cutoff = context.get("data_interval_end") or context["dag_run"].run_after
+            run = context["dag_run"]
+            # Scheduled runs take objects modified before their interval's end; a person who
+            # triggers by hand wants what is there now.
+            cutoff = run.run_after if run.run_type == "manual" else context.get("data_interval_end") or run.run_after
             summary = Ingest(spec, hook, context["run_id"], predictor=load_predictor(spec)).run(project_id, cutoff)
             print(f"ingest {summary['run']}: {summary['objects']} objects; {ingest_counts_line(summary)}")
             for skipped in summary["skipped_objects"]:

@@ -36,7 +36,8 @@ class SourceObject:
 
     @property
     def name(self) -> str:
-        return str(self.path)
+        """The object's URI without the connection id (``s3://bucket/key``)."""
+        return f"{self.path.protocol}://{self.path.path}"
 
     @property
     def key(self) -> str:
