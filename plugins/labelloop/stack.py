@@ -230,6 +230,8 @@ def airflow_env(state_dir: Path, port: int, connections: dict[str, dict]) -> dic
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "true",
         "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "plugins"), os.environ.get("PYTHONPATH", "")]),
+        # standalone starts its components as `airflow ...` subprocesses: find this venv's.
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         settings.STATE_DIR_ENV: str(state_dir),
     }
     for conn_id, conn in connections.items():

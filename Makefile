@@ -1,0 +1,55 @@
+# labelloop — the two commands: `make demo` (the main job, end to end) and `make test`.
+# Both install what they need: a venv for Airflow + labelloop, another for Label Studio.
+PYTHON ?= python3
+VENV := .venv
+LS_VENV := .venv-labelstudio
+export PYTHONPATH := $(CURDIR)/plugins
+
+.PHONY: setup demo test test-unit bench stack-up stack-down stack-status clean
+
+setup: $(VENV)/.installed $(LS_VENV)/.installed
+
+# uv when it can be had (fast); plain venv + pip otherwise.
+define make_venv
+	@set -e; \
+	if $(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv >/dev/null 2>&1; then \
+	  $(PYTHON) -m uv venv --quiet --allow-existing --python $(PYTHON) $(1) && \
+	  $(PYTHON) -m uv pip install --quiet --python $(1)/bin/python -r $(2); \
+	else \
+	  $(PYTHON) -m venv $(1) && $(1)/bin/pip install --quiet -r $(2); \
+	fi; \
+	touch $(1)/.installed
+endef
+
+$(VENV)/.installed: requirements-dev.txt requirements.txt
+	@echo "installing Airflow + labelloop into $(VENV) ..."
+	$(call make_venv,$(VENV),requirements-dev.txt)
+
+$(LS_VENV)/.installed: requirements-labelstudio.txt
+	@echo "installing Label Studio into $(LS_VENV) (its own environment) ..."
+	$(call make_venv,$(LS_VENV),requirements-labelstudio.txt)
+
+demo: setup
+	$(VENV)/bin/python -m labelloop demo
+
+test: setup
+	$(VENV)/bin/python -m pytest
+
+test-unit: setup
+	$(VENV)/bin/python -m pytest tests/unit
+
+bench: setup
+	$(VENV)/bin/python tests/benchmarks/bench_ingest.py
+	$(VENV)/bin/python tests/benchmarks/bench_audit.py
+
+stack-up: setup
+	$(VENV)/bin/python -m labelloop stack up
+
+stack-down:
+	$(VENV)/bin/python -m labelloop stack down
+
+stack-status:
+	$(VENV)/bin/python -m labelloop stack status
+
+clean: stack-down
+	rm -rf .state
