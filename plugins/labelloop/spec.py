@@ -66,6 +66,8 @@ class Source(_Strict):
 class Annotation(_Strict):
     annotators_per_task: Annotated[int, Field(ge=1, le=50)] = 1
     gold_fraction: Annotated[float, Field(ge=0, le=1)] = 0.0
+    random_share: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.1, description="share of tasks ordered at random rather than by the model's uncertainty")
     show_skip_button: bool = True
 
 
@@ -84,6 +86,11 @@ class Model(_Strict):
     """The pre-label model in the MLflow registry."""
 
     name: str
+    estimator: str | None = Field(
+        None, description="dotted path of a scikit-learn classifier with predict_proba placed after the "
+                          "TF-IDF features; default: calibrated linear SVM")
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for `estimator`")
+    require_approval: bool = Field(False, description="promotion waits for a person in Airflow's Required Actions")
     metric: Literal["accuracy", "macro_f1"] = "macro_f1"
     promotion_margin: Annotated[float, Field(ge=0, le=1)] = 0.005
     min_score: Annotated[float, Field(ge=0, le=1)] = 0.8

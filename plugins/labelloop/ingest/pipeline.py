@@ -8,6 +8,7 @@ half-way resumes without duplicates.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -20,7 +21,9 @@ from airflow.sdk import ObjectStoragePath
 from labelloop.hooks.labelstudio import LabelStudioHook, data_filter
 from labelloop.ingest.readers import format_of, read_records
 from labelloop.ingest.state import IngestState, SourceObject, list_objects
-from labelloop.ingest.validate import BATCH_FIELD, HASH_FIELD, ID_FIELD, InvalidRecord, RecordValidator, content_hash
+from labelloop.ingest.validate import (
+    BATCH_FIELD, HASH_FIELD, ID_FIELD, PRIORITY_FIELD, InvalidRecord, RecordValidator, content_hash,
+)
 from labelloop.spec import ProjectSpec
 
 log = logging.getLogger(__name__)
@@ -35,9 +38,23 @@ def storage_path(uri: str, conn_id: str | None) -> ObjectStoragePath:
     return ObjectStoragePath(uri, conn_id=conn_id if not uri.startswith("file://") else None)
 
 
+def _unit(content: str, salt: str = "") -> float:
+    """A stable pseudo-random number in [0, 1) from a content hash (same item, same number)."""
+    digest = content if not salt else hashlib.blake2b((salt + content).encode(), digest_size=8).hexdigest()
+    return int(digest[:8], 16) / 0x1_0000_0000
+
+
 def is_gold(content: str, fraction: float) -> bool:
     """A stable pseudo-random choice by content hash: the same item is gold in every run."""
-    return fraction > 0 and int(content[:8], 16) < fraction * 0x1_0000_0000
+    return fraction > 0 and _unit(content) < fraction
+
+
+def priority(content: str, prediction: dict[str, Any] | None, random_share: float) -> float:
+    """Labeling order, highest first: the model's uncertainty, except a random share (and
+    everything while there is no model) gets a random priority, so the labeled sample stays unbiased."""
+    if prediction is None or _unit(content, "random-share") < random_share:
+        return round(_unit(content, "priority"), 6)
+    return round(1.0 - float(prediction["score"]), 6)
 
 
 @dataclass
@@ -202,10 +219,12 @@ class Ingest:
         return entries
 
     def _import(self, tasks: list[dict[str, Any]]) -> None:
-        if self.predictor is not None:
-            for task, prediction in zip(tasks, self.predictor([task["data"] for task in tasks])):
-                if prediction is not None:
-                    task["predictions"] = [prediction]
+        predictions = self.predictor([task["data"] for task in tasks]) if self.predictor else [None] * len(tasks)
+        for task, prediction in zip(tasks, predictions):
+            if prediction is not None:
+                task["predictions"] = [prediction]
+            task["data"][PRIORITY_FIELD] = priority(task["data"][HASH_FIELD], prediction,
+                                                    self.spec.annotation.random_share)
         seq = self.next_seq
         self.next_seq += 1
         hashes = [task["data"][HASH_FIELD] for task in tasks]

@@ -16,6 +16,8 @@ from labelloop.spec import DataField, ProjectSpec
 HASH_FIELD = "labelloop_hash"
 BATCH_FIELD = "labelloop_batch"
 ID_FIELD = "labelloop_id"
+#: Labeling order (highest first): the champion's uncertainty, or random (see ingest.pipeline.priority).
+PRIORITY_FIELD = "labelloop_priority"
 
 
 class InvalidRecord(ValueError):

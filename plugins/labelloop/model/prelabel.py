@@ -48,12 +48,9 @@ def predictions(spec: ProjectSpec, model: Any, model_version: str, rows: list[di
     return result
 
 
-def load_predictor(spec: ProjectSpec, conn_id: str = settings.MLFLOW_CONN_ID) -> Predictor | None:
+def load_champion(spec: ProjectSpec, uri: str) -> tuple[str, Predictor] | None:
+    """("<name>:<version>", predictor) for the registry's champion, or None when there is none."""
     if spec.model is None:
-        return None
-    uri = tracking_uri(conn_id)
-    if uri is None:
-        log.info("no %s connection: importing without pre-labels", conn_id)
         return None
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -62,11 +59,24 @@ def load_predictor(spec: ProjectSpec, conn_id: str = settings.MLFLOW_CONN_ID) ->
     try:
         version = client.get_model_version_by_alias(spec.model.name, CHAMPION)
     except MlflowException as error:
-        log.info("no %s@%s in the registry (%s): importing without pre-labels",
-                 spec.model.name, CHAMPION, error.error_code)
+        log.info("no %s@%s in the registry (%s)", spec.model.name, CHAMPION, error.error_code)
         return None
     mlflow.set_tracking_uri(uri)
     model = mlflow.sklearn.load_model(f"models:/{spec.model.name}/{version.version}")
     model_version = f"{spec.model.name}:{version.version}"
-    log.info("pre-labeling with %s", model_version)
-    return lambda rows: predictions(spec, model, model_version, rows)
+    return model_version, lambda rows: predictions(spec, model, model_version, rows)
+
+
+def load_predictor(spec: ProjectSpec, conn_id: str = settings.MLFLOW_CONN_ID) -> Predictor | None:
+    """The champion's predictor for ingest, or None (ingest then imports without pre-labels)."""
+    if spec.model is None:
+        return None
+    uri = tracking_uri(conn_id)
+    if uri is None:
+        log.info("no %s connection: importing without pre-labels", conn_id)
+        return None
+    champion = load_champion(spec, uri)
+    if champion is None:
+        return None
+    log.info("pre-labeling with %s", champion[0])
+    return champion[1]

@@ -1,0 +1,141 @@
+"""The MLflow side of retraining: log a candidate, compare it with the champion, move the alias.
+
+Stages are deprecated in MLflow; the champion is the version the alias ``champion`` points
+at, and every decision is written down as tags on the version it concerns. The alias
+history (who was champion when) is a JSON list in a registered-model tag.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from labelloop.model.prelabel import CHAMPION
+from labelloop.model.train import evaluate, numeric
+from labelloop.spec import Model
+
+HISTORY_TAG = "labelloop.champion_history"
+#: Explicit requirements: inferring them costs ~9 s a call.
+PIP_REQUIREMENTS = [f"scikit-learn=={__import__('sklearn').__version__}", f"numpy=={__import__('numpy').__version__}"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+    candidate: float
+    champion: float | None
+
+
+def decide(model: Model, candidate: dict[str, Any], champion: dict[str, Any] | None) -> Decision:
+    """Promote only a candidate better than the champion by the margin, or a first one above the floor."""
+    metric = model.metric
+    score = float(candidate[metric])
+    if champion is None:
+        if score >= model.min_score:
+            return Decision(True, f"first model: {metric} {score:.4f} >= floor {model.min_score}", score, None)
+        return Decision(False, f"first model: {metric} {score:.4f} < floor {model.min_score}", score, None)
+    best = float(champion[metric])
+    if score >= best + model.promotion_margin:
+        return Decision(True, f"{metric} {score:.4f} beats champion {best:.4f} by >= {model.promotion_margin}",
+                        score, best)
+    return Decision(False, f"{metric} {score:.4f} does not beat champion {best:.4f} by {model.promotion_margin}",
+                    score, best)
+
+
+def champion_version(client: MlflowClient, name: str) -> Any | None:
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def log_candidate(model: Model, pipeline: Any, train: pd.DataFrame, evaluation: pd.DataFrame,
+                  lineage: dict[str, Any], experiment: str) -> tuple[Any, dict[str, Any]]:
+    """Log params, metrics, plots, dataset lineage and the model; register a new version."""
+    metrics = evaluate(pipeline, evaluation["text"], evaluation["label"])
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=f"train-{lineage.get('snapshot_run', 'manual')}") as run:
+        mlflow.log_input(mlflow.data.from_pandas(train, source=lineage["snapshot"], targets="label",
+                                                 name="training"), context="training")
+        mlflow.log_input(mlflow.data.from_pandas(evaluation, source=lineage["snapshot"], targets="label",
+                                                 name="gold-evaluation"), context="evaluation")
+        mlflow.log_params({"estimator": model.estimator or "calibrated LinearSVC", **model.params,
+                           "n_train": len(train), "n_eval": len(evaluation)})
+        mlflow.log_metrics(numeric(metrics))
+        mlflow.set_tags({f"lineage.{key}": str(value) for key, value in lineage.items()})
+        mlflow.log_dict({"labels": train["label"].value_counts().to_dict()}, "label_distribution.json")
+        with tempfile.TemporaryDirectory() as folder:
+            mlflow.log_artifact(str(_confusion_plot(metrics, Path(folder))), "plots")
+        info = mlflow.sklearn.log_model(
+            pipeline, name="model", registered_model_name=model.name, pip_requirements=PIP_REQUIREMENTS,
+            input_example=list(train["text"].head(2)), serialization_format="cloudpickle",
+        )
+    version = MlflowClient().get_model_version(model.name, str(info.registered_model_version))
+    return version, {**metrics, "run_id": run.info.run_id}
+
+
+def _confusion_plot(metrics: dict[str, Any], folder: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes, matrix = metrics["classes"], metrics["confusion"]
+    figure, axis = plt.subplots(figsize=(3 + len(classes) * 0.6, 2.5 + len(classes) * 0.6))
+    axis.imshow(matrix, cmap="Blues")
+    axis.set_xticks(range(len(classes)), classes)
+    axis.set_yticks(range(len(classes)), classes)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("gold")
+    for row, values in enumerate(matrix):
+        for column, value in enumerate(values):
+            axis.text(column, row, str(value), ha="center", va="center")
+    figure.tight_layout()
+    path = folder / "confusion_matrix.png"
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def record_decision(client: MlflowClient, name: str, version: str, decision: Decision,
+                    status: str, snapshot: str) -> None:
+    """Tag the candidate with the outcome, so the registry alone tells why it is (not) champion."""
+    tags = {"validation_status": status, "decision": decision.reason, "candidate_score": f"{decision.candidate:.6f}",
+            "champion_score": "none" if decision.champion is None else f"{decision.champion:.6f}",
+            "snapshot": snapshot}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
+def champion_history(client: MlflowClient, name: str) -> list[dict[str, Any]]:
+    tags = client.get_registered_model(name).tags or {}
+    return json.loads(tags.get(HISTORY_TAG, "[]"))
+
+
+def move_champion(client: MlflowClient, name: str, version: str, reason: str, actor: str) -> None:
+    """Point ``champion`` at ``version`` and append the move to the history."""
+    previous = champion_version(client, name)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    history = champion_history(client, name)
+    history.append({"version": str(version), "previous": previous.version if previous else None,
+                    "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "by": actor, "reason": reason})
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-100:]))
+
+
+def evaluate_champion(client: MlflowClient, name: str, evaluation: pd.DataFrame) -> tuple[Any, dict[str, Any]] | None:
+    """The current champion's metrics on the same evaluation set as the candidate."""
+    version = champion_version(client, name)
+    if version is None:
+        return None
+    champion = mlflow.sklearn.load_model(f"models:/{name}/{version.version}")
+    return version, evaluate(champion, evaluation["text"], evaluation["label"])

@@ -1,0 +1,186 @@
+"""Retraining from the last audit that passed the gate, and the pre-label refresh after it.
+
+Training data: the audit's consensus labels (adjudicated answers always; consensus only at
+or above the spec's confidence floor), never a gold item. Evaluation data: the gold items,
+the same fixed set for candidate and champion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+import pandas as pd
+
+from labelloop.hooks.labelstudio import LabelStudioHook
+from labelloop.ingest.pipeline import storage_path
+from labelloop.ingest.state import read_json, write_json
+from labelloop.spec import ProjectSpec
+
+log = logging.getLogger(__name__)
+
+
+class NothingToTrain(Exception):
+    """No passed audit yet, or it was already trained on: the run skips, it does not fail."""
+
+
+def _texts(tasks: pd.DataFrame, field: str) -> pd.Series:
+    return tasks["data"].map(lambda raw: json.loads(raw).get(field))
+
+
+def training_sets(spec: ProjectSpec, consensus: pd.DataFrame, tasks: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, evaluation) frames with columns item_id, text, label."""
+    tasks = tasks.assign(text=_texts(tasks, spec.object_name))
+    gold = tasks[tasks["gold_label"].notna()]
+    evaluation = gold[["item_id", "text"]].assign(label=gold["gold_label"]).reset_index(drop=True)
+    trusted = (consensus["source"] == "adjudicated") | (
+        (consensus["source"] == "consensus") & (consensus["confidence"] >= spec.quality.min_consensus_confidence))
+    labeled = consensus[trusted & ~consensus["task_id"].isin(gold["task_id"])]
+    train = labeled.merge(tasks[["task_id", "text"]], on="task_id")[["item_id", "text", "label"]]
+    return train.dropna(subset=["text"]).reset_index(drop=True), evaluation.dropna(subset=["text"])
+
+
+def frame_digest(frame: pd.DataFrame) -> str:
+    return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).values.tobytes()).hexdigest()[:16]
+
+
+def load_passed_audit(spec: ProjectSpec) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
+    from labelloop.collect.table import read_parquet
+
+    root = storage_path(spec.storage_uri, spec.source.conn_id)
+    passed = read_json(root / "audit" / "passed.json", None)
+    if passed is None:
+        raise NothingToTrain("no audit has passed the quality gate yet")
+    consensus = read_parquet(root / "audit" / passed["audit"] / "consensus.parquet")
+    snapshot = root / "collect" / "snapshots" / passed["snapshot"]
+    tasks = read_parquet(snapshot / "tasks.parquet")
+    return passed, consensus, tasks
+
+
+def retrain(spec: ProjectSpec, tracking_uri: str, force: bool = False, dry_run: bool = False,
+            actor: str = "retrain DAG") -> dict[str, Any]:
+    """Train a candidate, register it, compare with the champion; returns the decision (not yet applied)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from labelloop.model.registry import decide, evaluate_champion, log_candidate, record_decision
+    from labelloop.model.train import evaluate, fit
+
+    if spec.model is None:
+        raise NothingToTrain(f"the spec {spec.name} names no model")
+    passed, consensus, tasks = load_passed_audit(spec)
+    train, evaluation = training_sets(spec, consensus, tasks)
+    if evaluation.empty:
+        raise NothingToTrain("no gold items to evaluate on: set annotation.gold_fraction and give records labels")
+    lineage = {"snapshot": passed["snapshot"], "audit": passed["audit"], "n_train": len(train),
+               "n_eval": len(evaluation), "train_digest": frame_digest(train), "eval_digest": frame_digest(evaluation)}
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    seen = client.search_model_versions(f"name='{spec.model.name}' and tag.train_digest='{lineage['train_digest']}'") \
+        if _registered(client, spec.model.name) else []
+    if seen and not force:
+        raise NothingToTrain(f"version {seen[0].version} was already trained on this data (audit {passed['audit']}); "
+                             f"trigger with force=true to train again")
+    pipeline = fit(spec.model, train["text"], train["label"])
+    if dry_run:
+        return {"dry_run": True, **lineage, "metrics": _headline(evaluate(pipeline, evaluation["text"], evaluation["label"]))}
+    version, metrics = log_candidate(spec.model, pipeline, train, evaluation, lineage,
+                                     experiment=f"labelloop/{spec.name}/training")
+    client.set_model_version_tag(spec.model.name, version.version, "train_digest", lineage["train_digest"])
+    champion = evaluate_champion(client, spec.model.name, evaluation)
+    decision = decide(spec.model, metrics, champion[1] if champion else None)
+    status = "pending_approval" if decision.promote and spec.model.require_approval else (
+        "approved" if decision.promote else "rejected")
+    record_decision(client, spec.model.name, version.version, decision, status, passed["snapshot"])
+    return {
+        **lineage, "version": version.version, "run_id": metrics["run_id"], "promote": decision.promote,
+        "reason": decision.reason, "candidate": _headline(metrics),
+        "champion": _headline(champion[1]) if champion else None,
+        "champion_version": champion[0].version if champion else None, "actor": actor,
+    }
+
+
+def _registered(client: Any, name: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+        return True
+    except MlflowException:
+        return False
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, float]:
+    return {key: round(float(metrics[key]), 4) for key in ("accuracy", "macro_f1", "log_loss", "ece") if key in metrics}
+
+
+def comparison_markdown(outcome: dict[str, Any], tracking_uri: str) -> str:
+    """The body a person reads before approving: both models' metrics side by side."""
+    champion = outcome.get("champion") or {}
+    rows = "\n".join(f"| {key} | {value} | {champion.get(key, '—')} |" for key, value in outcome["candidate"].items())
+    return (f"Candidate **version {outcome['version']}** vs champion **{outcome.get('champion_version') or 'none'}** "
+            f"on {outcome['n_eval']} gold items ({outcome['reason']}).\n\n"
+            f"| metric | candidate | champion |\n|---|---|---|\n{rows}\n\n"
+            f"MLflow run: {tracking_uri}/#/experiments/runs/{outcome['run_id']}")
+
+
+def promote(spec: ProjectSpec, tracking_uri: str, outcome: dict[str, Any], approved_by: str) -> bool:
+    """Move ``champion`` to the candidate when the decision says so; True when it moved."""
+    from mlflow import MlflowClient
+
+    from labelloop.model.registry import move_champion
+
+    if not outcome.get("promote"):
+        return False
+    client = MlflowClient(tracking_uri=tracking_uri)
+    client.set_model_version_tag(spec.model.name, outcome["version"], "validation_status", "approved")
+    move_champion(client, spec.model.name, outcome["version"], outcome["reason"], approved_by)
+    return True
+
+
+def reject(spec: ProjectSpec, tracking_uri: str, outcome: dict[str, Any], by: str) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=tracking_uri).set_model_version_tag(
+        spec.model.name, outcome["version"], "validation_status", f"rejected by {by}")
+
+
+def rollback(spec: ProjectSpec, tracking_uri: str, version: str, actor: str) -> None:
+    """Point ``champion`` back at an earlier version (by hand: the refresh follows on its own)."""
+    from mlflow import MlflowClient
+
+    from labelloop.model.registry import move_champion
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    client.get_model_version(spec.model.name, version)  # fails clearly if it does not exist
+    move_champion(client, spec.model.name, version, f"rollback to version {version}", actor)
+
+
+def refresh_prelabels(spec: ProjectSpec, hook: LabelStudioHook, tracking_uri: str, batch_size: int = 500) -> dict[str, Any]:
+    """Re-predict the project's unannotated tasks with the champion, once per champion version."""
+    from labelloop.model.prelabel import load_champion
+
+    root = storage_path(spec.storage_uri, spec.source.conn_id)
+    marker = root / "model" / "prelabels.json"
+    champion = load_champion(spec, tracking_uri)
+    if champion is None:
+        return {"refreshed": 0, "reason": "no champion"}
+    model_version, predict = champion
+    if (read_json(marker, {}) or {}).get("model_version") == model_version:
+        return {"refreshed": 0, "model_version": model_version, "reason": "already refreshed for this version"}
+    project = hook.find_project(spec.title)
+    unlabeled = json.dumps({"filters": {"conjunction": "and", "items": [
+        {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}]}})
+    tasks = list(hook.iter_tasks(project.id, query=unlabeled))
+    count = 0
+    for start in range(0, len(tasks), batch_size):
+        chunk = tasks[start:start + batch_size]
+        predictions = predict([task.data for task in chunk])
+        hook.client.projects.import_predictions(project.id, request=[
+            {"task": task.id, **prediction} for task, prediction in zip(chunk, predictions)])
+        count += len(chunk)
+    hook.client.projects.update(project.id, model_version=model_version)
+    write_json(marker, {"model_version": model_version, "tasks": count})
+    return {"refreshed": count, "model_version": model_version}
