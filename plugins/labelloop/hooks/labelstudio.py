@@ -175,6 +175,79 @@ class LabelStudioHook(BaseHook):
     def delete_project(self, project_id: int) -> None:
         self.client.projects.delete(project_id)
 
+    # Export and annotations (collect/audit) ---------------------------------------------------
+
+    #: Expanded so one export holds who answered (id, e-mail, name) and the full predictions.
+    EXPORT_OPTIONS: dict[str, Any] = {
+        "annotations__completed_by": {"only_id": False},
+        "predictions": {"only_id": False},
+        "drafts": {"only_id": True},
+        "include_annotation_history": False,
+    }
+
+    def create_export(self, project_id: int, title: str) -> int:
+        """Start an export snapshot (never the synchronous export, which times out on big projects)."""
+        export = self.client.projects.exports.create(
+            project_id, title=title, serialization_options=self.EXPORT_OPTIONS)
+        return int(export.id)
+
+    def wait_export(self, project_id: int, export_id: int, timeout: float = 1800.0, poll: float = 1.0) -> None:
+        """Poll until the snapshot is completed; a failed or overdue snapshot raises."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = str(self.client.projects.exports.get(project_id, export_id).status or "")
+            if status == "completed":
+                return
+            if status == "failed":
+                raise LabelStudioError(f"export snapshot {export_id} of project {project_id} failed; "
+                                       f"see the Label Studio server log")
+            if time.monotonic() > deadline:
+                raise LabelStudioError(f"export snapshot {export_id} of project {project_id} is still "
+                                       f"{status or 'pending'} after {timeout:.0f} s")
+            time.sleep(poll)
+
+    def download_export(self, project_id: int, export_id: int) -> list[dict[str, Any]]:
+        """The snapshot's tasks (JSON format: one dict per task, annotations inside)."""
+        raw = b"".join(self.client.projects.exports.download(project_id, export_id, export_type="JSON"))
+        return json.loads(raw) if raw.strip() else []
+
+    def export_snapshot(self, project_id: int, title: str) -> list[dict[str, Any]]:
+        """Create, wait for and download one snapshot, then delete it (our copy is the record)."""
+        export_id = self.create_export(project_id, title)
+        try:
+            self.wait_export(project_id, export_id)
+            return self.download_export(project_id, export_id)
+        finally:
+            try:
+                self.client.projects.exports.delete(project_id, export_id)
+            except Exception as error:  # a leftover snapshot file costs disk, not correctness
+                self.log.warning("could not delete export %s of project %s: %s", export_id, project_id, error)
+
+    def find_user(self, email: str) -> Any | None:
+        """The user with this e-mail (case-insensitive, as Label Studio compares them)."""
+        wanted = email.lower()
+        return next((user for user in self.client.users.list() if (user.email or "").lower() == wanted), None)
+
+    def ensure_user(self, email: str, username: str, first_name: str = "", last_name: str = "") -> Any:
+        """Find the user by e-mail or create it (Community ignores passwords, so none is set)."""
+        user = self.find_user(email)
+        if user is None:
+            user = self.client.users.create(email=email, username=username, first_name=first_name,
+                                            last_name=last_name)
+        return user
+
+    def create_annotation(
+        self, task_id: int, result: list[dict[str, Any]], completed_by: int | None = None,
+        lead_time: float | None = None, was_cancelled: bool = False,
+    ) -> Any:
+        """One annotation on behalf of ``completed_by`` (the token's user when None)."""
+        kwargs: dict[str, Any] = {"result": result, "was_cancelled": was_cancelled}
+        if completed_by is not None:
+            kwargs["completed_by"] = completed_by
+        if lead_time is not None:
+            kwargs["lead_time"] = lead_time
+        return self.client.annotations.create(task_id, **kwargs)
+
 
 def _transient(error: Exception) -> bool:
     """Worth another try: the server is restarting, overloaded or the connection broke."""

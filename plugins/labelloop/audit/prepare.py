@@ -1,0 +1,65 @@
+"""From a collect snapshot's tables to the quality library's inputs: pure pandas.
+
+The audit's item is the Label Studio task (``item_id`` = task id: always present and
+unique, while external ids may be missing); the annotator is shown by e-mail.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+def _answered(rows: pd.DataFrame) -> pd.DataFrame:
+    """Answers that count: not skipped, with a label; the latest per (task, annotator)."""
+    rows = rows[~rows["was_cancelled"].astype(bool) & rows["label"].notna()]
+    return rows.sort_values(["updated_at", "annotation_id"], kind="stable").drop_duplicates(
+        ["task_id", "annotator_id"], keep="last")
+
+
+def annotator_key(rows: pd.DataFrame) -> pd.Series:
+    """E-mail when the export had it, else the user id as text."""
+    return rows["annotator_email"].astype(object).where(
+        rows["annotator_email"].notna(), "user " + rows["annotator_id"].astype(str))
+
+
+def audit_labels(annotations: pd.DataFrame) -> pd.DataFrame:
+    """The tidy frame ``item_id, annotator_id, label`` (item = task id), one answer per pair."""
+    rows = _answered(annotations)
+    return pd.DataFrame({
+        "item_id": rows["task_id"].astype("int64").to_numpy(),
+        "annotator_id": annotator_key(rows).astype(str).to_numpy(),
+        "label": rows["label"].astype(str).to_numpy(),
+    })
+
+
+def gold_frame(tasks: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame | None:
+    """Gold answers (``item_id, label``) of labelled tasks, or None when there are none.
+
+    A gold label no annotator used is dropped with a warning: the labels come from the same
+    spec, so it means a small sample, not a spelling mismatch the library should refuse.
+    """
+    gold = tasks.loc[tasks["gold_label"].notna(), ["task_id", "gold_label"]]
+    gold = pd.DataFrame({"item_id": gold["task_id"].astype("int64").to_numpy(),
+                         "label": gold["gold_label"].astype(str).to_numpy()})
+    gold = gold[gold["item_id"].isin(labels["item_id"])]
+    unused = ~gold["label"].isin(labels["label"].unique())
+    if unused.any():
+        log.warning("dropping %d gold items whose label no annotator used yet: %s",
+                    int(unused.sum()), sorted(gold.loc[unused, "label"].unique()))
+        gold = gold[~unused]
+    return gold if len(gold) else None
+
+
+def adjudicated_labels(review_annotations: pd.DataFrame) -> pd.Series | None:
+    """The reviewers' answers by task id of the main project (the latest answer wins)."""
+    rows = review_annotations[review_annotations["source_task_id"].notna()]
+    rows = _answered(rows).sort_values(["updated_at", "annotation_id"], kind="stable")
+    rows = rows.drop_duplicates("source_task_id", keep="last")
+    if rows.empty:
+        return None
+    return pd.Series(rows["label"].astype(str).to_numpy(), name="label",
+                     index=pd.Index(rows["source_task_id"].astype("int64").to_numpy(), name="item_id"))

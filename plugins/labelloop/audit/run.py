@@ -1,0 +1,190 @@
+"""Audit glue: the latest collect snapshot through ``quality.run_audit``, out to storage and MLflow.
+
+Layout under ``<storage_uri>/audit/``::
+
+    <run>/report.html, metrics.json, consensus.parquet, gate.json
+    latest.json      the last audit: {"audit": "<run>", "snapshot": ..., "gate": {...}}
+    history.json     compact metrics of earlier audits (the report's "agreement over time")
+    passed.json      the last audit that passed the gate: what retraining reads
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from airflow.sdk import ObjectStoragePath
+
+from labelloop import settings
+from labelloop.audit.gate import evaluate_gate, pooled_gold_accuracy
+from labelloop.audit.prepare import adjudicated_labels, audit_labels, gold_frame
+from labelloop.audit.routing import route
+from labelloop.collect.table import latest_snapshot, read_parquet, read_snapshot, snapshot_folder
+from labelloop.hooks.labelstudio import LabelStudioHook
+from labelloop.ingest.pipeline import storage_path
+from labelloop.ingest.state import read_json, run_key, write_json
+from labelloop.quality import AuditResult, run_audit, write_audit
+from labelloop.quality.audit import Method
+from labelloop.spec import ProjectSpec
+
+log = logging.getLogger(__name__)
+AUDIT = "audit"
+METHODS: dict[str, Method] = {"majority": "majority", "dawid_skene": "dawid-skene"}
+HISTORY_KEPT = 100
+CONSENSUS_SCHEMA = pa.schema([
+    ("task_id", pa.int64()), ("item_id", pa.string()), ("item_hash", pa.string()), ("label", pa.string()),
+    ("confidence", pa.float64()), ("source", pa.string()),
+])  # fmt: skip
+
+
+class NothingToAudit(Exception):
+    """No snapshot yet, or too few answers for agreement: the run skips, it does not fail."""
+
+
+def root_of(spec: ProjectSpec) -> ObjectStoragePath:
+    return storage_path(spec.storage_uri, spec.source.conn_id)
+
+
+def seed_of(run: str) -> int:
+    """Each run draws its own spot check, and a re-run of a run draws the same one."""
+    return int(hashlib.sha256(run.encode()).hexdigest()[:8], 16)
+
+
+def consensus_table(result: AuditResult, tasks: pd.DataFrame) -> pa.Table:
+    """The consensus with the task's external id and content hash beside the task id."""
+    ids = tasks[["task_id", "item_id", "item_hash"]].astype({"task_id": "int64"})
+    frame = result.consensus.rename(columns={"item_id": "task_id"}).merge(ids, on="task_id", how="left")
+    return pa.Table.from_pandas(frame[CONSENSUS_SCHEMA.names], schema=CONSENSUS_SCHEMA, preserve_index=False)
+
+
+def _history(root: ObjectStoragePath, run: str, metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """Record this audit in history.json; return the audits before it (oldest first)."""
+    path = root / AUDIT / "history.json"
+    earlier = [entry for entry in read_json(path, []) if entry["run_id"] != run]
+    gold = metrics["gold"]
+    entry = {"run_id": run, "agreement": metrics["agreement"],
+             "gold": None if gold is None else {"consensus_accuracy": gold["consensus_accuracy"]}}
+    write_json(path, [*earlier, entry][-HISTORY_KEPT:])
+    return earlier
+
+
+def audit_latest(spec: ProjectSpec, run_id: str) -> dict[str, Any]:
+    """Audit the latest snapshot; write report, metrics, consensus and gate; log them to MLflow."""
+    root, run = root_of(spec), run_key(run_id)
+    folder = latest_snapshot(root)
+    if folder is None:
+        raise NothingToAudit(f"no collect snapshot under {root / 'collect'} yet; run the collect DAG first")
+    tables = read_snapshot(folder)
+    labels = audit_labels(tables["annotations"])
+    if labels["annotator_id"].nunique() < 2:
+        raise NothingToAudit(f"snapshot {folder.name} has {len(labels)} answers from "
+                             f"{labels['annotator_id'].nunique()} annotators; agreement needs two or more")
+    result = run_audit(
+        labels, gold_frame(tables["tasks"], labels), METHODS[spec.quality.consensus],
+        adjudicated=adjudicated_labels(tables["review_annotations"]), seed=seed_of(run),
+        spot_check_fraction=spec.quality.spot_check_fraction,
+        low_confidence_threshold=spec.quality.min_consensus_confidence, run_id=run,
+    )
+    gate = evaluate_gate(result.metrics, spec.quality).to_dict(spec.name)
+    history = _history(root, run, result.metrics)
+    out = root / AUDIT / run
+    with tempfile.TemporaryDirectory(prefix="labelloop-audit-") as tmp:
+        local = Path(tmp)
+        write_audit(result, local, history)
+        (local / "consensus.csv").unlink()  # consensus.parquet carries the same and the task's ids
+        pq.write_table(consensus_table(result, tables["tasks"]), local / "consensus.parquet")
+        (local / "gate.json").write_text(json.dumps(gate, indent=1), encoding="utf-8")
+        out.mkdir(parents=True, exist_ok=True)
+        for file in sorted(local.iterdir()):
+            (out / file.name).write_bytes(file.read_bytes())
+        mlflow_run = log_to_mlflow(spec, run, result.metrics, gate, local)
+    outcome = {"audit": run, "uri": str(out), "snapshot": folder.name, "gate": gate, "mlflow_run_id": mlflow_run,
+               "counts": result.metrics["counts"],
+               "review": {"spot_check": len(result.metrics["review"]["spot_check"]),
+                          "low_confidence": len(result.metrics["review"]["low_confidence"]),
+                          "disagreements": result.metrics["review"]["n_disagreements"]}}
+    write_json(root / AUDIT / "latest.json", {k: v for k, v in outcome.items() if k != "uri"})
+    return outcome
+
+
+def route_audit(spec: ProjectSpec, hook: LabelStudioHook, outcome: dict[str, Any]) -> dict[str, Any]:
+    """Route the items an audit picked (``outcome`` from ``audit_latest``) to the review project."""
+    root = root_of(spec)
+    tables = read_snapshot(snapshot_folder(root, outcome["snapshot"]))
+    out = root / AUDIT / outcome["audit"]
+    consensus = read_parquet(out / "consensus.parquet")[["task_id", "label", "confidence", "source"]]
+    consensus = consensus.rename(columns={"task_id": "item_id"}).astype({"item_id": "int64"})
+    return route(hook, spec, outcome["audit"], audit_labels(tables["annotations"]), consensus,
+                 read_json(out / "metrics.json", {}), tables["tasks"])
+
+
+def mark_passed(spec: ProjectSpec, outcome: dict[str, Any]) -> dict[str, Any]:
+    """Point ``audit/passed.json`` at this audit; retraining reads its consensus from there."""
+    pointer = {"audit": outcome["audit"], "consensus": f"{outcome['audit']}/consensus.parquet",
+               "snapshot": outcome["snapshot"], "summary": outcome["gate"]["summary"]}
+    write_json(root_of(spec) / AUDIT / "passed.json", pointer)
+    return pointer
+
+
+def _scalars(metrics: dict[str, Any], gate: dict[str, Any]) -> dict[str, float]:
+    """The numbers worth a chart in MLflow (undefined metrics are left out)."""
+    agreement, gold, review = metrics["agreement"], metrics["gold"] or {}, metrics["review"]
+    values = {
+        "krippendorff_alpha": agreement["krippendorff_alpha_nominal"],
+        "fleiss_kappa": agreement["fleiss_kappa"],
+        "pairwise_kappa_mean": agreement["pairwise_kappa_mean"],
+        "pairwise_kappa_median": agreement["pairwise_kappa_median"],
+        "consensus_mean_confidence": metrics["consensus"]["mean_confidence"],
+        "consensus_accuracy_on_gold": gold.get("consensus_accuracy"),
+        "annotator_gold_accuracy": pooled_gold_accuracy(metrics["annotators"]),
+        "annotations": metrics["counts"]["annotations"],
+        "items": metrics["counts"]["items"],
+        "annotators": metrics["counts"]["annotators"],
+        "spot_check_items": len(review["spot_check"]),
+        "low_confidence_items": len(review["low_confidence"]),
+        "disagreement_items": review["n_disagreements"],
+        "gate_passed": float(gate["passed"]),
+    }
+    return {name: float(value) for name, value in values.items() if value is not None}
+
+
+def log_to_mlflow(spec: ProjectSpec, run: str, metrics: dict[str, Any], gate: dict[str, Any],
+                  folder: Path) -> str | None:
+    """One MLflow run per audit run (a re-run updates it); skipped without an MLflow connection."""
+    from labelloop.model.prelabel import tracking_uri
+
+    uri = tracking_uri()
+    if uri is None:
+        log.info("no Airflow connection %r: the audit is not logged to MLflow", settings.MLFLOW_CONN_ID)
+        return None
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    client = MlflowClient(tracking_uri=uri)
+    name = f"labelloop/{spec.name}/quality"
+    experiment = client.get_experiment_by_name(name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
+    found = client.search_runs([experiment_id], filter_string=f"tags.labelloop_run = '{run}'", max_results=1)
+    if found:
+        run_id, params = found[0].info.run_id, []  # params are immutable; the first attempt set them
+    else:
+        run_id = client.create_run(experiment_id, run_name=run, tags={"labelloop_run": run,
+                                                                        "labelloop_project": spec.name}).info.run_id
+        thresholds = spec.quality.model_dump()
+        params = [Param(key, str(value)) for key, value in sorted(thresholds.items())]
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in _scalars(metrics, gate).items()],
+                     params=params)
+    client.set_tag(run_id, "gate", "passed" if gate["passed"] else "failed")
+    client.log_artifacts(run_id, str(folder))
+    client.set_terminated(run_id)
+    log.info("audit logged to MLflow %s, experiment %r, run %s", uri, name, run_id)
+    return run_id
