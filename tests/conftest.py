@@ -130,3 +130,16 @@ def make_spec(tmp_path: Path) -> Any:
         return path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(session_dir: Path) -> Iterator[Any]:
+    """A real MLflow tracking + registry server; the Airflow connection and MLFLOW_TRACKING_URI point at it."""
+    from labelloop.settings import MLFLOW_CONN_ID
+    from labelloop.stack import free_port, mlflow_server as make_mlflow_server
+
+    server = make_mlflow_server(session_dir / "mlflow-stack", free_port()).start()
+    os.environ[f"AIRFLOW_CONN_{MLFLOW_CONN_ID.upper()}"] = json.dumps({"conn_type": "http", "host": server.url})
+    os.environ["MLFLOW_TRACKING_URI"] = server.url
+    yield server
+    server.stop()

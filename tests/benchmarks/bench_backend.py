@@ -1,0 +1,166 @@
+"""Benchmark the pre-label ML backend: latency per request and predictions per second.
+
+    PYTHONPATH=plugins .venv/bin/python tests/benchmarks/bench_backend.py
+    PYTHONPATH=plugins .venv/bin/python tests/benchmarks/bench_backend.py --requests 50 --batch-sizes 1,100,1000
+
+What runs: a real MLflow server (``labelloop.stack.mlflow_server``, SQLite, one worker) and
+the backend exactly as the stack runs it (``backend_server``: uvicorn, ONE worker, in a
+subprocess on a free port). The served champion is the default text model the retrain DAG
+trains (word 1-2-gram + char 2-5-gram TF-IDF, logistic regression), fitted on the real SMS
+messages (``include/demo/sms-spam/messages.jsonl``) and registered as ``@champion``.
+
+What is timed: one client (httpx, keep-alive, Basic auth as Label Studio sends it) posts
+``/predict`` requests one after another, each carrying B tasks shaped like the ones Label
+Studio sends (``TaskSimpleSerializer``: id, data, meta, annotations, predictions, ...) with
+SMS texts drawn at random; a few warm-up requests are not counted. Latency is client-side
+wall time per request (send to parsed JSON); predictions/s = tasks answered / total time of
+the timed requests. ``/setup`` (which Label Studio calls before every batch) is timed too.
+The request count is bounded (``--requests`` per batch size), so a run takes about a minute
+plus the servers' start-up (~30 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "plugins"))
+
+from labelloop.serving.backend import backend_server  # noqa: E402
+from labelloop.spec import load_spec  # noqa: E402
+from labelloop.stack import free_port, mlflow_server  # noqa: E402
+
+SMS = REPO / "include" / "demo" / "sms-spam" / "messages.jsonl"
+SPEC = REPO / "include" / "projects" / "sms_spam.yaml"
+TOKEN = "bench-backend-token-0123456789abcdef"
+
+
+def register_champion(tracking_uri: str, name: str, texts: list[str], labels: list[str]) -> str:
+    import mlflow
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline, make_union
+
+    features = make_union(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
+                          TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True))
+    model = make_pipeline(features, LogisticRegression(C=10, max_iter=1000)).fit(texts, labels)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("bench-backend")
+    with mlflow.start_run(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name,
+                                        pip_requirements=["scikit-learn"])
+    version = str(info.registered_model_version)
+    mlflow.MlflowClient(tracking_uri).set_registered_model_alias(name, "champion", version)
+    return version
+
+
+def task(task_id: int, text: str) -> dict[str, Any]:
+    """A task as Label Studio 1.23 serializes it for /predict (TaskSimpleSerializer)."""
+    return {"id": task_id, "data": {"text": text, "labelloop_id": f"sms-{task_id:05d}"}, "meta": {},
+            "created_at": "2026-01-01T00:00:00.000000Z", "updated_at": "2026-01-01T00:00:00.000000Z",
+            "is_labeled": False, "overlap": 3, "inner_id": task_id, "total_annotations": 0,
+            "cancelled_annotations": 0, "total_predictions": 0, "comment_count": 0,
+            "unresolved_comment_count": 0, "last_comment_updated_at": None, "project": 1,
+            "updated_by": None, "file_upload": None, "comment_authors": [], "annotations": [],
+            "predictions": []}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def timed(client: httpx.Client, method: str, path: str, body: Any, count: int, warmup: int) -> list[float]:
+    latencies = []
+    for index in range(warmup + count):
+        payload = body() if callable(body) else body
+        started = time.perf_counter()
+        response = client.request(method, path, json=payload)
+        response.raise_for_status()
+        response.json()
+        if index >= warmup:
+            latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=200, help="timed requests per batch size")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--batch-sizes", default="1,100", help="tasks per request, comma-separated")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+    sizes = [int(size) for size in args.batch_sizes.split(",")]
+    rng = random.Random(args.seed)
+    records = [json.loads(line) for line in SMS.open()]
+    texts = [record["text"] for record in records]
+    spec = load_spec(SPEC)
+    name = f"{spec.model.name}_bench"
+
+    with tempfile.TemporaryDirectory(prefix="labelloop-bench-backend-") as folder:
+        state = Path(folder)
+        mlflow = mlflow_server(state, free_port())
+        backend = None
+        try:
+            started = time.monotonic()
+            mlflow.start()
+            print(f"mlflow up in {time.monotonic() - started:.0f} s", flush=True)
+            started = time.monotonic()
+            version = register_champion(mlflow.url, name, texts, [record["label"] for record in records])
+            print(f"registered {name}:{version} in {time.monotonic() - started:.1f} s", flush=True)
+            # The spec names sms_spam_prelabel; serve the bench model under the same spec.
+            projects = state / "projects"
+            projects.mkdir()
+            raw = SPEC.read_text().replace(f"name: {spec.model.name}", f"name: {name}")
+            raw = raw.replace("labeling_config: labeling/", f"labeling_config: {REPO}/include/labeling/")
+            raw = raw.replace("guidelines: guidelines/", f"guidelines: {REPO}/include/guidelines/")
+            (projects / "sms_spam.yaml").write_text(raw)
+            backend = backend_server(state, free_port(), spec.name, TOKEN, mlflow.url, projects_dir=projects)
+            started = time.monotonic()
+            backend.start()
+            with httpx.Client(base_url=backend.url, auth=httpx.BasicAuth("labelloop", TOKEN),
+                              timeout=120) as client:
+                while client.get("/health").json()["model_version"] != f"{name}:{version}":
+                    time.sleep(0.2)
+                print(f"backend serving {name}:{version} {time.monotonic() - started:.1f} s after start\n",
+                      flush=True)
+                rows = []
+                setup = timed(client, "POST", "/setup", {"project": "1.1", "schema": spec.labeling_config_xml},
+                              args.requests, args.warmup)
+                rows.append(("/setup", "-", len(setup), setup, None))
+                for size in sizes:
+                    def body(size: int = size) -> dict[str, Any]:
+                        return {"tasks": [task(i, rng.choice(texts)) for i in range(size)], "project": "1.1",
+                                "label_config": spec.labeling_config_xml, "params": {"context": None}}
+
+                    latencies = timed(client, "POST", "/predict", body, args.requests, args.warmup)
+                    rows.append(("/predict", str(size), len(latencies), latencies,
+                                 size * len(latencies) / sum(latencies)))
+        finally:
+            if backend is not None:
+                backend.stop()
+            mlflow.stop()
+
+    print("| endpoint | tasks/request | requests | p50 ms | p99 ms | mean ms | predictions/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for endpoint, size, count, latencies, rate in rows:
+        print(f"| `{endpoint}` | {size} | {count} | {percentile(latencies, 50) * 1000:.1f} | "
+              f"{percentile(latencies, 99) * 1000:.1f} | {statistics.mean(latencies) * 1000:.1f} | "
+              f"{f'{rate:,.0f}' if rate else '-'} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

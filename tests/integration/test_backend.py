@@ -1,0 +1,103 @@
+"""The ML backend as it runs in the stack: uvicorn subprocess, real MLflow, real Label Studio.
+
+Nothing is mocked. The backend serves version 1, a second version is registered and the
+alias moved, and the same process (same pid) serves version 2 within its poll interval.
+Label Studio accepts the backend with BASIC_AUTH (its /health and /setup calls pass),
+refuses it with a wrong password, its own "Retrieve predictions" action stores a
+prediction carrying our model_version on a task — first version 1, then version 2 — and
+its "Start training" reaches /webhook and gets a 2xx.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from labelloop.project import ensure_project
+from labelloop.serving.backend import backend_server
+from labelloop.spec import load_spec
+from labelloop.stack import free_port
+
+from tests.unit.test_backend_app import HAM, SPAM, register_champion
+
+pytestmark = pytest.mark.integration
+TOKEN = "backend-integration-token-0123456789"
+AUTH = httpx.BasicAuth("labelloop", TOKEN)
+
+
+def served_version(url: str) -> str | None:
+    return httpx.get(f"{url}/health", timeout=5).json()["model_version"]
+
+
+def wait_until(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(0.5)
+
+
+def retrieve_predictions(client: Any, project_id: int, task_id: int) -> list[Any]:
+    """Label Studio's Data Manager action "Retrieve predictions" for one task, then its predictions."""
+    client.actions.create(id="retrieve_tasks_predictions", project=project_id,
+                          selected_items={"all": False, "included": [task_id]})
+    return list(client.predictions.list(task=task_id))
+
+
+def test_backend_follows_the_alias_and_label_studio_uses_it(
+        mlflow_server: Any, labelstudio: Any, labelstudio_hook: Any, make_spec: Any, session_dir: Any) -> None:
+    spec_path = make_spec(model={"name": f"backend_it_{time.time_ns()}"})
+    spec = load_spec(spec_path)
+    name = spec.model.name
+    first = register_champion(mlflow_server.url, name)
+
+    backend = backend_server(session_dir / "backend-stack", free_port(), spec.name, TOKEN, mlflow_server.url,
+                             projects_dir=spec_path.parent, poll_seconds=1)
+    backend.start()
+    try:
+        pid = backend.process.pid
+        wait_until(lambda: served_version(backend.url) == f"{name}:{first}", 60, "version 1")
+        answer = httpx.post(f"{backend.url}/predict", json={"tasks": [{"id": 1, "data": {"text": SPAM}}]},
+                            auth=AUTH, timeout=30).json()["results"][0]
+        assert answer["model_version"] == f"{name}:{first}"
+        assert answer["result"][0]["value"]["choices"] == ["spam"]
+        assert httpx.post(f"{backend.url}/predict", json={"tasks": []}, timeout=30,
+                          auth=httpx.BasicAuth("labelloop", "wrong-token-0123456789")).status_code == 401
+
+        # Label Studio registers the backend: its /health and /setup calls carry Basic auth.
+        client = labelstudio_hook.client
+        project_id, _ = ensure_project(labelstudio_hook, spec)
+        with pytest.raises(Exception, match="authentication parameters"):
+            client.ml.create(url=backend.url, project=project_id, title="labelloop wrong password",
+                             auth_method="BASIC_AUTH", basic_auth_user="labelloop",
+                             basic_auth_pass="wrong-token-0123456789")
+        ml = client.ml.create(url=backend.url, project=project_id, title="labelloop champion",
+                              auth_method="BASIC_AUTH", basic_auth_user="labelloop", basic_auth_pass=TOKEN)
+        connected = client.ml.get(ml.id)
+        assert (connected.state, connected.model_version) == ("CO", f"{name}:{first}")
+
+        imported = client.projects.import_tasks(project_id, request=[{"text": SPAM}, {"text": HAM}],
+                                                return_task_ids=True)
+        task_id = imported.task_ids[0]
+        predictions = retrieve_predictions(client, project_id, task_id)
+        assert [(p.model_version, p.result[0]["value"]["choices"]) for p in predictions] == [
+            (f"{name}:{first}", ["spam"])]
+
+        # A new champion: same process, new model, within a few poll intervals.
+        second = register_champion(mlflow_server.url, name, flip=True)
+        wait_until(lambda: served_version(backend.url) == f"{name}:{second}", 30, "version 2")
+        assert backend.process.pid == pid and backend.process.poll() is None
+        predictions = retrieve_predictions(client, project_id, task_id)
+        assert sorted((p.model_version, p.result[0]["value"]["choices"][0]) for p in predictions) == [
+            (f"{name}:{first}", "spam"), (f"{name}:{second}", "ham")]
+        assert client.ml.get(ml.id).model_version == f"{name}:{second}"
+        # "Start training" reaches /webhook as START_TRAINING with Basic auth; nothing is trained here.
+        client.ml.train(ml.id)
+        assert '"POST /webhook HTTP/1.1" 200' in backend.log_path.read_text()
+        assert client.ml.get(ml.id).state == "CO"
+        versions = httpx.get(f"{backend.url}/versions", auth=AUTH, timeout=30).json()["versions"]
+        assert versions == [f"{name}:{second}", f"{name}:{first}"]
+    finally:
+        backend.stop()
