@@ -8,14 +8,17 @@ and waits for each, exactly as a person would from the Airflow UI.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 import httpx
 
 from labelloop import settings
-from labelloop.stack import DEFAULT_ADMIN, DEFAULT_PASSWORD, StackConfig, StackError, up
+from labelloop.spec import ProjectSpec
+from labelloop.stack import DEFAULT_ADMIN, DEFAULT_PASSWORD, StackConfig, StackError, airflow_env, up
 
 DEMO_DATA = settings.INCLUDE_DIR / "demo" / "sms-spam" / "messages.jsonl"
 
@@ -55,52 +58,134 @@ class Airflow:
             raise StackError(f"{dag_id} run {run_id} failed in {failed}; open the task logs in the Airflow UI")
         return {"run_id": run_id}
 
+    def wait_for_triggered_run(self, dag_id: str, after: str, timeout: float = 1800) -> dict[str, Any]:
+        """Wait for the first run of ``dag_id`` queued after ``after`` (an Asset event started it)."""
+        self.http.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            runs = self.http.get(f"/dags/{dag_id}/dagRuns", params={
+                "run_after_gte": after, "order_by": "run_after", "limit": 1}).json()["dag_runs"]
+            if runs and runs[0]["state"] in {"success", "failed"}:
+                return {"run_id": runs[0]["dag_run_id"], "state": runs[0]["state"]}
+            time.sleep(2)
+        raise StackError(f"no finished run of {dag_id} after {after} within {timeout:.0f} s")
+
+    def now(self) -> str:
+        return datetime.now(timezone.utc).isoformat()
+
+    def wait_idle(self, dag_ids: list[str], timeout: float = 1800) -> None:
+        """Let runs started by Asset events finish, so the next wait sees only the runs it starts."""
+        deadline = time.monotonic() + timeout
+        for dag_id in dag_ids:
+            while self.http.get(f"/dags/{dag_id}/dagRuns", params={"state": ["queued", "running"]}).json()[
+                    "total_entries"]:
+                if time.monotonic() > deadline:
+                    raise StackError(f"{dag_id} still has runs in progress after {timeout:.0f} s")
+                time.sleep(2)
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        tis = self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
+        return {ti["task_id"]: ti["state"] for ti in tis}
+
     def xcom(self, dag_id: str, run_id: str, task_id: str) -> Any:
         url = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value"
         return self.http.get(url, params={"deserialize": True}).json().get("value")
 
 
-def drop_demo_data(source_uri: str) -> str:
-    """Copy the demo messages to the spec's raw folder (once: the same object is not new again)."""
+ROUND_SPLIT = 2500           # round 1 drops the first messages, round 2 the rest
+LABELED_PER_ROUND = 300      # tasks the simulated annotators label per round (3 answers each)
+ACCURACIES = [0.75, 0.8, 0.85, 0.9, 0.95]
+
+
+def drop_round(source_uri: str, name: str, lines: list[str]) -> str:
+    """Put one round's raw messages in the spec's raw folder (once: the same object is not new again)."""
     from labelloop.ingest.pipeline import storage_path
 
-    target = storage_path(source_uri, None) / DEMO_DATA.name
+    target = storage_path(source_uri, None) / name
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(DEMO_DATA.read_bytes())
+        target.write_text("\n".join(lines) + "\n")
     return str(target)
+
+
+def held_out_quality(spec: ProjectSpec, uri: str) -> dict[str, Any]:
+    """The champion on demo messages that never entered training or evaluation."""
+    import json
+
+    import mlflow
+
+    from labelloop.model.prelabel import CHAMPION
+    from labelloop.model.retrain import load_passed_audit, training_sets
+    from labelloop.model.train import evaluate
+
+    _, consensus, tasks = load_passed_audit(spec)
+    train, evaluation = training_sets(spec, consensus, tasks)
+    seen = set(train["text"]) | set(evaluation["text"])
+    held_out = [r for r in map(json.loads, DEMO_DATA.read_text().splitlines()) if r["text"] not in seen]
+    mlflow.set_tracking_uri(uri)
+    version = mlflow.MlflowClient().get_model_version_by_alias(spec.model.name, CHAMPION).version
+    model = mlflow.sklearn.load_model(f"models:/{spec.model.name}/{version}")
+    metrics = evaluate(model, [r["text"] for r in held_out], [r["label"] for r in held_out])
+    return {"version": version, "n": len(held_out), "accuracy": metrics["accuracy"], "f1_spam": metrics.get("f1_spam")}
+
+
+def run_loop(config: StackConfig, spec: ProjectSpec, airflow: Airflow) -> None:
+    from labelloop.hooks.labelstudio import LabelStudioHook
+    from labelloop.simulate import label_queue
+
+    prefix = spec.dag_prefix
+    airflow.run(f"{prefix}__setup")
+    hook = LabelStudioHook()
+    lines = DEMO_DATA.read_text().splitlines()
+    for number, chunk in enumerate((lines[:ROUND_SPLIT], lines[ROUND_SPLIT:]), start=1):
+        print(f"round {number}: {drop_round(spec.source.uri, f'round{number}.jsonl', chunk)}", flush=True)
+        run = airflow.run(f"{prefix}__ingest")
+        summary = airflow.xcom(f"{prefix}__ingest", run["run_id"], "ingest") or {}
+        print("  ingest: " + ", ".join(f"{k} {summary.get(k)}" for k in ("read", "imported", "duplicate", "quarantined")))
+        project_id = hook.find_project(spec.title).id
+        labeled = label_queue(hook, spec, project_id, LABELED_PER_ROUND, ACCURACIES, seed=number)
+        print(f"  simulated annotators ({', '.join(map(str, ACCURACIES))} accurate) answered {labeled} times", flush=True)
+        airflow.wait_idle([f"{prefix}__{stage}" for stage in ("collect", "audit", "retrain")])
+        started = airflow.now()
+        airflow.run(f"{prefix}__collect")
+        audit = airflow.wait_for_triggered_run(f"{prefix}__audit", after=started)
+        outcome = airflow.xcom(f"{prefix}__audit", audit["run_id"], "audit") or {}
+        print(f"  audit: {outcome.get('gate', {}).get('summary', audit['state'])}")
+        if airflow.task_states(f"{prefix}__audit", audit["run_id"]).get("gate") != "success":
+            print("  the quality gate failed: no retraining this round")
+            continue
+        retrain = airflow.wait_for_triggered_run(f"{prefix}__retrain", after=started)
+        trained = airflow.xcom(f"{prefix}__retrain", retrain["run_id"], "train") or {}
+        print(f"  retrain: version {trained.get('version')} — "
+              f"{'promoted' if trained.get('promote') else 'not promoted'}: {trained.get('reason')}", flush=True)
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m labelloop demo", description=__doc__)
     parser.add_argument("--project", default="sms_spam", help="spec name under include/projects/")
     args = parser.parse_args(argv)
+    config = StackConfig()
+    os.environ.update(airflow_env(config.state_dir, config.airflow_port, config.connections()))
     from labelloop.spec import load_specs
 
-    config = StackConfig()
     try:
         up(config)
         spec = next((s for s in load_specs() if s.name == args.project), None)
-        if spec is None:
-            raise StackError(f"no spec named {args.project!r} in {settings.projects_dir()}")
-        print(f"demo data: {drop_demo_data(spec.source.uri)}", flush=True)
-        airflow = Airflow(f"http://127.0.0.1:{config.airflow_port}")
-        for stage in ("setup", "ingest"):
-            dag_id = f"{spec.dag_prefix}__{stage}"
-            print(f"running {dag_id} ...", flush=True)
-            run = airflow.run(dag_id)
-            if stage == "ingest":
-                summary = airflow.xcom(dag_id, run["run_id"], "ingest") or {}
-                print("  ingest: " + ", ".join(f"{k} {summary.get(k)}" for k in
-                                                ("read", "imported", "duplicate", "quarantined")))
+        if spec is None or spec.model is None:
+            raise StackError(f"no spec named {args.project!r} with a model in {settings.projects_dir()}")
+        run_loop(config, spec, Airflow(f"http://127.0.0.1:{config.airflow_port}"))
+        quality = held_out_quality(spec, f"http://127.0.0.1:{config.mlflow_port}")
     except (StackError, httpx.HTTPError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    report = f"{spec.storage_uri}/audit/<latest run>/report.html (see audit/latest.json)"
     print(f"""
 labelloop demo done.
+  champion      {spec.model.name} version {quality['version']}: {quality['accuracy']:.2%} accuracy, spam F1 \
+{quality['f1_spam']:.3f} on {quality['n']} messages that never entered training
+  quality report {report}
   Airflow       http://127.0.0.1:{config.airflow_port}   (all local users are admins)
   Label Studio  http://127.0.0.1:{config.labelstudio_port}   ({DEFAULT_ADMIN} / {DEFAULT_PASSWORD})
   MLflow        http://127.0.0.1:{config.mlflow_port}
-  object store  {config.store_uri}
 Stop everything with `make stack-down`.""")
     return 0

@@ -218,9 +218,171 @@ def audit_dag(spec: ProjectSpec) -> DAG:
     return dag
 
 
+def prelabels_asset(spec: ProjectSpec) -> Asset:
+    """Updated when the project's pre-labels were refreshed for a new champion."""
+    return Asset(name=f"labelloop__{spec.name}__prelabels", uri=f"{spec.storage_uri}/model/prelabels.json",
+                 group="labelloop")
+
+
+def _tracking_uri() -> str:
+    from labelloop.model.prelabel import tracking_uri
+
+    uri = tracking_uri()
+    if uri is None:
+        raise RuntimeError("retraining needs the mlflow_default connection (host = MLflow tracking URI)")
+    return uri
+
+
+def _refresh(spec_path: str) -> dict[str, Any]:
+    from labelloop.hooks.labelstudio import LabelStudioHook
+    from labelloop.model.retrain import refresh_prelabels
+
+    result = refresh_prelabels(_load(spec_path), LabelStudioHook(), _tracking_uri())
+    print(f"pre-labels: {result}")
+    return result
+
+
+def retrain_dag(spec: ProjectSpec) -> DAG:
+    from airflow.sdk import Param
+
+    with DAG(
+        dag_id=f"{spec.dag_prefix}__retrain",
+        description=f"Train, register and maybe promote the pre-label model of '{spec.title}'",
+        schedule=quality_passed_asset(spec),
+        start_date=START,
+        catchup=False,
+        max_active_runs=1,
+        default_args={**DEFAULT_ARGS, "retries": 1},
+        params={
+            "force": Param(False, type="boolean", description="train even if this data was already trained on"),
+            "dry_run": Param(False, type="boolean", description="train and evaluate only: register nothing"),
+        },
+        tags=["labelloop", spec.name, "retrain"],
+        doc_md="Builds the training set from the last audit that passed the gate (consensus above the "
+               "confidence floor and adjudicated answers; never gold items), trains the spec's model, "
+               "logs it to MLflow and registers a version, evaluates it and the champion on the same "
+               "gold items, and moves the `champion` alias only when the candidate is better by the "
+               "spec's margin" + (" and a person approved it under Required Actions" if spec.model and
+                                  spec.model.require_approval else "") + ". Then refreshes pre-labels.",
+    ) as dag:
+
+        @task
+        def train(spec_path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            from labelloop.model.retrain import NothingToTrain, retrain
+
+            params = params or {}
+            try:
+                outcome = retrain(_load(spec_path), _tracking_uri(), force=params.get("force", False),
+                                  dry_run=params.get("dry_run", False))
+            except NothingToTrain as reason:
+                raise AirflowSkipException(str(reason)) from None
+            if outcome.get("dry_run"):
+                raise AirflowSkipException(f"dry run: {outcome['metrics']}")
+            from labelloop.model.retrain import comparison_markdown
+
+            outcome["body"] = comparison_markdown(outcome, _tracking_uri())
+            print(outcome["body"])
+            return outcome
+
+        @task
+        def promote(spec_path: str, outcome: dict[str, Any]) -> dict[str, Any]:
+            from labelloop.model.retrain import promote as move_alias
+
+            moved = move_alias(_load(spec_path), _tracking_uri(), outcome, approved_by="retrain DAG")
+            print(f"version {outcome['version']}: {'promoted' if moved else 'not promoted'}: {outcome['reason']}")
+            return {"promoted": moved, "version": outcome["version"]}
+
+        @task(outlets=[prelabels_asset(spec)])
+        def refresh(spec_path: str, promoted: dict[str, Any]) -> dict[str, Any]:
+            return _refresh(spec_path)
+
+        outcome = train(str(spec.spec_path))
+        promoted = promote(str(spec.spec_path), outcome)
+        if spec.model is not None and spec.model.require_approval:
+            from airflow.providers.standard.operators.hitl import ApprovalOperator
+            from airflow.sdk import TriggerRule
+
+            approval = ApprovalOperator(
+                task_id="approve",
+                subject=f"Promote {spec.model.name} version {{{{ ti.xcom_pull(task_ids='train')['version'] }}}}?",
+                body="{{ ti.xcom_pull(task_ids='train')['body'] }}",
+                response_timeout=timedelta(days=7),
+            )
+
+            @task(trigger_rule=TriggerRule.NONE_FAILED)
+            def record_rejection(spec_path: str, outcome: dict[str, Any], **context: Any) -> None:
+                """A rejection skips `promote`; this runs either way and tags the candidate when rejected."""
+                from labelloop.model.retrain import reject
+
+                answer = context["ti"].xcom_pull(task_ids="approve") or {}
+                if outcome and outcome.get("promote") and ApprovalOperator.REJECT in answer.get("chosen_options", []):
+                    reject(_load(spec_path), _tracking_uri(), outcome, by="reviewer in Airflow")
+
+            outcome >> approval >> promoted
+            promoted >> record_rejection(str(spec.spec_path), outcome)
+        refresh(str(spec.spec_path), promoted)
+    return dag
+
+
+def registry_watch_dag(spec: ProjectSpec) -> DAG:
+    with DAG(
+        dag_id=f"{spec.dag_prefix}__registry_watch",
+        description=f"Refresh pre-labels of '{spec.title}' when the champion alias moved (from anywhere)",
+        schedule=timedelta(minutes=5),
+        start_date=START,
+        catchup=False,
+        max_active_runs=1,
+        default_args={**DEFAULT_ARGS, "retries": 0},
+        tags=["labelloop", spec.name, "retrain"],
+        doc_md="A cheap check: one registry call. When `champion` points at a version whose pre-labels "
+               "were not refreshed yet (a promotion, a rollback, a move in the MLflow UI), re-predicts "
+               "the unannotated tasks.",
+    ) as dag:
+
+        @task(outlets=[prelabels_asset(spec)])
+        def refresh_if_moved(spec_path: str) -> dict[str, Any]:
+            return _refresh(spec_path)
+
+        refresh_if_moved(str(spec.spec_path))
+    return dag
+
+
+def rollback_dag(spec: ProjectSpec) -> DAG:
+    from airflow.sdk import Param
+
+    with DAG(
+        dag_id=f"{spec.dag_prefix}__rollback",
+        description=f"Point the champion of '{spec.title}' back at a named earlier version",
+        schedule=None,
+        start_date=START,
+        catchup=False,
+        params={"version": Param(type="string", description="registered model version to make champion")},
+        default_args={**DEFAULT_ARGS, "retries": 0},
+        tags=["labelloop", spec.name, "retrain"],
+    ) as dag:
+
+        @task
+        def rollback(spec_path: str, params: dict[str, Any] | None = None) -> None:
+            from labelloop.model.retrain import rollback as point_back
+
+            point_back(_load(spec_path), _tracking_uri(), str(params["version"]), actor="rollback DAG")
+
+        @task(outlets=[prelabels_asset(spec)])
+        def refresh(spec_path: str) -> dict[str, Any]:
+            return _refresh(spec_path)
+
+        rollback(str(spec.spec_path)) >> refresh(str(spec.spec_path))
+    return dag
+
+
 def build_dags(folder: Path | None = None) -> dict[str, DAG]:
     dags: dict[str, DAG] = {}
     for spec in load_specs(folder):
-        for dag in (setup_dag(spec), ingest_dag(spec), collect_dag(spec), audit_dag(spec)):
+        builders = [setup_dag, ingest_dag, collect_dag, audit_dag]
+        if spec.model is not None:
+            builders += [retrain_dag, registry_watch_dag, rollback_dag]
+        for dag in (build(spec) for build in builders):
             dags[dag.dag_id] = dag
     return dags

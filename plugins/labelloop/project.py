@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from labelloop.hooks.labelstudio import LabelStudioHook
+from labelloop.ingest.validate import PRIORITY_FIELD
 from labelloop.spec import ProjectSpec
 
 
@@ -19,10 +20,16 @@ def project_settings(spec: ProjectSpec) -> dict[str, Any]:
         "show_skip_button": spec.annotation.show_skip_button,
         # Overlap applies to every task: each gets annotators_per_task answers.
         "overlap_cohort_percentage": 100,
+        # The labeling stream follows the Data Manager view's order (see QUEUE_VIEW).
+        "sampling": "Sequential sampling",
     }
 
 
+QUEUE_VIEW = "labelloop: most uncertain first"
+
+
 def ensure_project(hook: LabelStudioHook, spec: ProjectSpec) -> tuple[int, bool]:
-    """(project id, created?) for the spec's project."""
+    """(project id, created?) for the spec's project, with its labeling-order view."""
     project, created = hook.upsert_project(spec.title, **project_settings(spec))
+    hook.ensure_view(project.id, QUEUE_VIEW, ordering=[f"-tasks:data.{PRIORITY_FIELD}"])
     return project.id, created

@@ -85,3 +85,19 @@ def submit(hook: LabelStudioHook, project_id: int, answers: Sequence[Answer], sp
     with ThreadPoolExecutor(max_workers=threads) as pool:
         list(pool.map(create, todo))
     return len(todo)
+
+
+def label_queue(hook: LabelStudioHook, spec: ProjectSpec, project_id: int, count: int,
+                accuracies: Sequence[float], per_task: int = 3, seed: int = 0, prefix: str = "sim") -> int:
+    """The annotators work the queue as people would: the ``count`` unlabeled tasks with the
+    highest priority (the project's "most uncertain first" view), truth from ``meta.label``."""
+    from labelloop.ingest.validate import PRIORITY_FIELD
+
+    users = ensure_annotators(hook, len(accuracies), prefix=prefix)
+    queue = [task for task in hook.iter_tasks(project_id, fields="all")
+             if not task.annotations and (task.meta or {}).get("label")]
+    queue.sort(key=lambda task: -float(task.data.get(PRIORITY_FIELD, 0)))
+    truth = {task.id: task.meta["label"] for task in queue[:count]}
+    answers = simulate_labels(truth, list(zip([user.id for user in users], accuracies)), per_task,
+                              spec.labels, seed)
+    return submit(hook, project_id, answers, spec)

@@ -113,7 +113,7 @@ def run_policy(policy: str, share: float, spec: Any, texts: list[str], hashes: l
                 candidates = np.asarray(unlabeled)
                 rows_data = [{"text": texts[i]} for i in candidates]
                 predicted = predictions(spec, model, f"bench:{round_index}", rows_data)
-                keys = np.asarray([priority(hashes[i], p, share) for i, p in zip(candidates, predicted)])
+                keys = np.asarray([priority(hashes[i], p, share, n_labels=2) for i, p in zip(candidates, predicted)])
                 top = np.lexsort((np.asarray([hashes[i] for i in candidates]), -keys))[:need]
                 chosen = list(candidates[top])
                 uncertainty = np.asarray([1.0 - p["score"] for p in predicted])[top]

@@ -120,6 +120,13 @@ class LabelStudioHook(BaseHook):
             project = self.client.projects.update(project.id, **changed)
         return project, False
 
+    def ensure_view(self, project_id: int, title: str, ordering: list[str]) -> int:
+        """A Data Manager tab with this title and ordering (created once, then left to people)."""
+        for view in self.client.views.list(project=project_id):
+            if (view.data or {}).get("title") == title:
+                return view.id
+        return self.client.views.create(project=project_id, data={"title": title, "ordering": ordering}).id
+
     def task_count(self, project_id: int) -> int:
         return int(self.client.projects.get(project_id).task_number or 0)
 

@@ -49,11 +49,13 @@ def is_gold(content: str, fraction: float) -> bool:
     return fraction > 0 and _unit(content) < fraction
 
 
-def priority(content: str, prediction: dict[str, Any] | None, random_share: float) -> float:
-    """Labeling order, highest first: the model's uncertainty, except a random share (and
-    everything while there is no model) gets a random priority, so the labeled sample stays unbiased."""
+def priority(content: str, prediction: dict[str, Any] | None, random_share: float, n_labels: int) -> float:
+    """Labeling order, highest first: the model's uncertainty (1 - top probability), except a
+    random share (and everything while there is no model) gets a random priority, so the labeled
+    sample stays unbiased. Random priorities span the same range as uncertainty, [0, 1 - 1/k),
+    so the random share is interleaved with the uncertain items instead of jumping the queue."""
     if prediction is None or _unit(content, "random-share") < random_share:
-        return round(_unit(content, "priority"), 6)
+        return round(_unit(content, "priority") * (1.0 - 1.0 / n_labels), 6)
     return round(1.0 - float(prediction["score"]), 6)
 
 
@@ -224,7 +226,7 @@ class Ingest:
             if prediction is not None:
                 task["predictions"] = [prediction]
             task["data"][PRIORITY_FIELD] = priority(task["data"][HASH_FIELD], prediction,
-                                                    self.spec.annotation.random_share)
+                                                    self.spec.annotation.random_share, len(self.spec.labels))
         seq = self.next_seq
         self.next_seq += 1
         hashes = [task["data"][HASH_FIELD] for task in tasks]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -78,7 +79,8 @@ def log_candidate(model: Model, pipeline: Any, train: pd.DataFrame, evaluation: 
             mlflow.log_artifact(str(_confusion_plot(metrics, Path(folder))), "plots")
         info = mlflow.sklearn.log_model(
             pipeline, name="model", registered_model_name=model.name, pip_requirements=PIP_REQUIREMENTS,
-            input_example=list(train["text"].head(2)), serialization_format="cloudpickle",
+            # An array (not a list) lets MLflow infer the string-input signature.
+            input_example=np.asarray(train["text"].head(2)), serialization_format="cloudpickle",
         )
     version = MlflowClient().get_model_version(model.name, str(info.registered_model_version))
     return version, {**metrics, "run_id": run.info.run_id}
