@@ -60,10 +60,12 @@ def setup_dag(spec: ProjectSpec) -> DAG:
         @task
         def ensure_project(spec_path: str) -> dict[str, Any]:
             from labelloop.hooks.labelstudio import LabelStudioHook
+            from labelloop.project import connect_backend
             from labelloop.project import ensure_project as ensure
 
-            project_id, created = ensure(LabelStudioHook(), _load(spec_path))
-            return {"project_id": project_id, "created": created}
+            hook = LabelStudioHook()
+            project_id, created = ensure(hook, _load(spec_path))
+            return {"project_id": project_id, "created": created, "ml_backend": connect_backend(hook, project_id)}
 
         ensure_project(str(spec.spec_path))
     return dag

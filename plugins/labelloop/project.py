@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from labelloop import settings
 from labelloop.hooks.labelstudio import LabelStudioHook
 from labelloop.ingest.validate import PRIORITY_FIELD
 from labelloop.spec import ProjectSpec
@@ -33,3 +34,18 @@ def ensure_project(hook: LabelStudioHook, spec: ProjectSpec) -> tuple[int, bool]
     project, created = hook.upsert_project(spec.title, **project_settings(spec))
     hook.ensure_view(project.id, QUEUE_VIEW, ordering=[f"-tasks:data.{PRIORITY_FIELD}"])
     return project.id, created
+
+
+def connect_backend(hook: LabelStudioHook, project_id: int, conn_id: str = settings.BACKEND_CONN_ID) -> int | None:
+    """Register the pre-label ML backend named by the connection, when there is one."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        return None
+    url = conn.host if "://" in (conn.host or "") else f"http://{conn.host}"
+    if conn.port:
+        url = f"{url}:{conn.port}"
+    return hook.ensure_ml_backend(project_id, url, "labelloop champion", conn.login, conn.password)

@@ -11,6 +11,8 @@ from pathlib import Path
 LABELSTUDIO_CONN_ID = "labelstudio_default"
 MLFLOW_CONN_ID = "mlflow_default"
 AWS_CONN_ID = "aws_default"
+#: The pre-label ML backend (type http: host = URL as Label Studio reaches it, login/password = basic auth).
+BACKEND_CONN_ID = "labelloop_backend_default"
 
 #: Where the DAG factory looks for project specs; override with LABELLOOP_PROJECTS_DIR.
 PROJECTS_DIR_ENV = "LABELLOOP_PROJECTS_DIR"

@@ -255,7 +255,10 @@ class StackConfig:
     labelstudio_port: int = int(os.environ.get("LABELLOOP_LABELSTUDIO_PORT", "18081"))
     mlflow_port: int = int(os.environ.get("LABELLOOP_MLFLOW_PORT", "15000"))
     airflow_port: int = int(os.environ.get("LABELLOOP_AIRFLOW_PORT", "18080"))
+    backend_port: int = int(os.environ.get("LABELLOOP_BACKEND_PORT", "19090"))
     token: str = os.environ.get("LABELLOOP_LABELSTUDIO_TOKEN", DEFAULT_TOKEN)
+    backend_token: str = os.environ.get("LABELLOOP_BACKEND_TOKEN", "labelloop-local-backend-token")
+    project: str = os.environ.get("LABELLOOP_DEMO_PROJECT", "sms_spam")
 
     @property
     def store_uri(self) -> str:
@@ -270,12 +273,18 @@ class StackConfig:
             },
             settings.MLFLOW_CONN_ID: {"conn_type": "http", "host": f"http://127.0.0.1:{self.mlflow_port}"},
             settings.AWS_CONN_ID: {"conn_type": "aws", "extra": {"region_name": "us-east-1"}},
+            settings.BACKEND_CONN_ID: {"conn_type": "http", "host": f"http://127.0.0.1:{self.backend_port}",
+                                       "login": "labelloop", "password": self.backend_token},
         }
 
     def servers(self) -> list[Server]:
+        from labelloop.serving.backend import backend_server
+
         return [
             labelstudio_server(self.state_dir, self.labelstudio_port, self.token),
             mlflow_server(self.state_dir, self.mlflow_port),
+            backend_server(self.state_dir, self.backend_port, self.project, self.backend_token,
+                           f"http://127.0.0.1:{self.mlflow_port}"),
             airflow_server(self.state_dir, self.airflow_port, self.connections()),
         ]
 

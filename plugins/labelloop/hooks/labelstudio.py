@@ -127,6 +127,14 @@ class LabelStudioHook(BaseHook):
                 return view.id
         return self.client.views.create(project=project_id, data={"title": title, "ordering": ordering}).id
 
+    def ensure_ml_backend(self, project_id: int, url: str, title: str, user: str | None, password: str | None) -> int:
+        """Connect the project to an ML backend at ``url`` once (Label Studio checks /health and /setup)."""
+        for backend in self.client.ml.list(project=project_id):
+            if backend.url.rstrip("/") == url.rstrip("/"):
+                return backend.id
+        auth = {"auth_method": "BASIC_AUTH", "basic_auth_user": user, "basic_auth_pass": password} if user else {}
+        return self.client.ml.create(url=url, project=project_id, title=title, is_interactive=False, **auth).id
+
     def task_count(self, project_id: int) -> int:
         return int(self.client.projects.get(project_id).task_number or 0)
 

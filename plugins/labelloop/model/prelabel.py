@@ -7,11 +7,13 @@ Ingest works without a model: ``load_predictor`` returns None until the registry
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labelloop import settings
-from labelloop.ingest.pipeline import Predictor
 from labelloop.spec import ProjectSpec
+
+if TYPE_CHECKING:  # the backend imports this module: keep Airflow out of its start
+    from labelloop.ingest.pipeline import Predictor
 
 log = logging.getLogger(__name__)
 CHAMPION = "champion"
