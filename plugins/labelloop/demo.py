@@ -27,44 +27,55 @@ class Airflow:
     """The few REST calls the demo needs (the embedded stack runs with all users as admins)."""
 
     def __init__(self, base_url: str) -> None:
-        self.http = httpx.Client(base_url=f"{base_url}/api/v2", timeout=30)
+        self.http = httpx.Client(base_url=f"{base_url}/api/v2", timeout=60, transport=httpx.HTTPTransport(retries=3))
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One REST call; retried on 5xx, which SQLite behind a busy scheduler still answers now and then."""
+        for attempt in range(5):
+            response = self.http.request(method, path, **kwargs)
+            if response.status_code < 500 or attempt == 4:
+                break
+            time.sleep(2**attempt)
+        response.raise_for_status()
+        return response.json()
 
     def wait_for_dag(self, dag_id: str, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
-        while self.http.get(f"/dags/{dag_id}").status_code != 200:
+        while self.http.get(f"/dags/{dag_id}").status_code != 200:  # 404 until parsed
             if time.monotonic() > deadline:
                 raise StackError(f"Airflow has not parsed {dag_id} after {timeout:.0f} s; "
                                  f"see `airflow dags list-import-errors`")
             time.sleep(2)
 
+    def unpause(self, dag_id: str) -> None:
+        self.wait_for_dag(dag_id)
+        self.call("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+
     def run(self, dag_id: str, conf: dict[str, Any] | None = None, timeout: float = 1800) -> dict[str, Any]:
         """Trigger a run and wait for it; raise with the failed tasks when it fails."""
-        self.wait_for_dag(dag_id)
-        self.http.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
-        response = self.http.post(f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})
-        response.raise_for_status()
-        run_id = response.json()["dag_run_id"]
+        self.unpause(dag_id)
+        run_id = self.call("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})[
+            "dag_run_id"]
         deadline = time.monotonic() + timeout
         while True:
-            state = self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}").json()["state"]
+            state = self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")["state"]
             if state in {"success", "failed"}:
                 break
             if time.monotonic() > deadline:
                 raise StackError(f"{dag_id} run {run_id} still {state} after {timeout:.0f} s")
             time.sleep(2)
         if state == "failed":
-            tis = self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
+            tis = self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
             failed = [ti["task_id"] for ti in tis if ti["state"] == "failed"]
             raise StackError(f"{dag_id} run {run_id} failed in {failed}; open the task logs in the Airflow UI")
         return {"run_id": run_id}
 
     def wait_for_triggered_run(self, dag_id: str, after: str, timeout: float = 1800) -> dict[str, Any]:
         """Wait for the first run of ``dag_id`` queued after ``after`` (an Asset event started it)."""
-        self.http.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            runs = self.http.get(f"/dags/{dag_id}/dagRuns", params={
-                "run_after_gte": after, "order_by": "run_after", "limit": 1}).json()["dag_runs"]
+            runs = self.call("GET", f"/dags/{dag_id}/dagRuns", params={
+                "run_after_gte": after, "order_by": "run_after", "limit": 1})["dag_runs"]
             if runs and runs[0]["state"] in {"success", "failed"}:
                 return {"run_id": runs[0]["dag_run_id"], "state": runs[0]["state"]}
             time.sleep(2)
@@ -77,19 +88,19 @@ class Airflow:
         """Let runs started by Asset events finish, so the next wait sees only the runs it starts."""
         deadline = time.monotonic() + timeout
         for dag_id in dag_ids:
-            while self.http.get(f"/dags/{dag_id}/dagRuns", params={"state": ["queued", "running"]}).json()[
+            while self.call("GET", f"/dags/{dag_id}/dagRuns", params={"state": ["queued", "running"]})[
                     "total_entries"]:
                 if time.monotonic() > deadline:
                     raise StackError(f"{dag_id} still has runs in progress after {timeout:.0f} s")
                 time.sleep(2)
 
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
-        tis = self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
+        tis = self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
         return {ti["task_id"]: ti["state"] for ti in tis}
 
     def xcom(self, dag_id: str, run_id: str, task_id: str) -> Any:
         url = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value"
-        return self.http.get(url, params={"deserialize": True}).json().get("value")
+        return self.call("GET", url, params={"deserialize": True}).get("value")
 
 
 ROUND_SPLIT = 2500           # round 1 drops the first messages, round 2 the rest
@@ -108,7 +119,7 @@ def drop_round(source_uri: str, name: str, lines: list[str]) -> str:
     return str(target)
 
 
-def held_out_quality(spec: ProjectSpec, uri: str) -> dict[str, Any]:
+def held_out_quality(spec: ProjectSpec, uri: str) -> dict[str, Any] | None:
     """The champion on demo messages that never entered training or evaluation."""
     import json
 
@@ -122,11 +133,25 @@ def held_out_quality(spec: ProjectSpec, uri: str) -> dict[str, Any]:
     train, evaluation = training_sets(spec, consensus, tasks)
     seen = set(train["text"]) | set(evaluation["text"])
     held_out = [r for r in map(json.loads, DEMO_DATA.read_text().splitlines()) if r["text"] not in seen]
+    from labelloop.model.registry import champion_version
+
     mlflow.set_tracking_uri(uri)
-    version = mlflow.MlflowClient().get_model_version_by_alias(spec.model.name, CHAMPION).version
+    champion = champion_version(mlflow.MlflowClient(), spec.model.name)
+    if champion is None:
+        return None
+    version = champion.version
     model = mlflow.sklearn.load_model(f"models:/{spec.model.name}/{version}")
     metrics = evaluate(model, [r["text"] for r in held_out], [r["label"] for r in held_out])
     return {"version": version, "n": len(held_out), "accuracy": metrics["accuracy"], "f1_spam": metrics.get("f1_spam")}
+
+
+def latest_report(spec: ProjectSpec) -> str:
+    from labelloop.ingest.pipeline import storage_path
+    from labelloop.ingest.state import read_json
+
+    root = storage_path(spec.storage_uri, spec.source.conn_id) / "audit"
+    latest = read_json(root / "latest.json", None)
+    return str(root / latest["audit"] / "report.html") if latest else "none (no audit ran)"
 
 
 def run_loop(config: StackConfig, spec: ProjectSpec, airflow: Airflow) -> None:
@@ -134,6 +159,10 @@ def run_loop(config: StackConfig, spec: ProjectSpec, airflow: Airflow) -> None:
     from labelloop.simulate import label_queue
 
     prefix = spec.dag_prefix
+    # Unpaused from the start, so each Asset event (ingest -> collect -> audit -> retrain) starts
+    # the next DAG, as it would in production; the demo only triggers setup, ingest and collect.
+    for stage in ("setup", "ingest", "collect", "audit", "retrain", "registry_watch"):
+        airflow.unpause(f"{prefix}__{stage}")
     airflow.run(f"{prefix}__setup")
     hook = LabelStudioHook()
     lines = DEMO_DATA.read_text().splitlines()
@@ -178,12 +207,13 @@ def main(argv: list[str]) -> int:
     except (StackError, httpx.HTTPError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    report = f"{spec.storage_uri}/audit/<latest run>/report.html (see audit/latest.json)"
+    champion = (f"{spec.model.name} version {quality['version']}: {quality['accuracy']:.2%} accuracy, spam F1 "
+                f"{quality['f1_spam']:.3f} on {quality['n']} messages that never entered training"
+                if quality else "none yet: no candidate cleared model.min_score (see the retrain runs)")
     print(f"""
 labelloop demo done.
-  champion      {spec.model.name} version {quality['version']}: {quality['accuracy']:.2%} accuracy, spam F1 \
-{quality['f1_spam']:.3f} on {quality['n']} messages that never entered training
-  quality report {report}
+  champion      {champion}
+  quality report {latest_report(spec)}
   Airflow       http://127.0.0.1:{config.airflow_port}   (all local users are admins)
   Label Studio  http://127.0.0.1:{config.labelstudio_port}   ({DEFAULT_ADMIN} / {DEFAULT_PASSWORD})
   MLflow        http://127.0.0.1:{config.mlflow_port}

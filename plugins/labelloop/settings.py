@@ -14,6 +14,10 @@ AWS_CONN_ID = "aws_default"
 #: The pre-label ML backend (type http: host = URL as Label Studio reaches it, login/password = basic auth).
 BACKEND_CONN_ID = "labelloop_backend_default"
 
+#: The embedded stack's Airflow runs on SQLite: wait up to 60 s for a write lock instead of
+#: sqlite3's default 5 s (API calls failed with "database is locked" under a busy scheduler).
+SQLITE_CONNECT_ARGS = {"timeout": 60}
+
 #: Where the DAG factory looks for project specs; override with LABELLOOP_PROJECTS_DIR.
 PROJECTS_DIR_ENV = "LABELLOOP_PROJECTS_DIR"
 #: Root of the local state folder of the embedded stack (and the default object store).
