@@ -172,6 +172,7 @@ class Ingest:
                 if raw.error is None:
                     try:
                         self._accept(raw.fields, source, pending)
+                        self._import_full_batches()  # stream: never hold a whole object
                         continue
                     except InvalidRecord as error:
                         reason = str(error)
@@ -199,14 +200,16 @@ class Ingest:
 
     # Importing ----------------------------------------------------------------------------
 
-    def _flush_if_full(self) -> list[dict[str, Any]]:
-        entries = []
-        while len(self.buffer) >= self.spec.import_batch_size:
-            batch, self.buffer = self.buffer[: self.spec.import_batch_size], self.buffer[self.spec.import_batch_size:]
+    def _import_full_batches(self) -> None:
+        size = self.spec.import_batch_size
+        while len(self.buffer) >= size:
+            batch, self.buffer = self.buffer[:size], self.buffer[size:]
             self._import(batch)
-        if not self.buffer:
-            entries = self._finish_awaiting()
-        return entries
+
+    def _flush_if_full(self) -> list[dict[str, Any]]:
+        """Import full batches; objects are finished only when nothing of theirs is left unsent."""
+        self._import_full_batches()
+        return [] if self.buffer else self._finish_awaiting()
 
     def _flush(self) -> list[dict[str, Any]]:
         if self.buffer:
@@ -233,7 +236,9 @@ class Ingest:
         batch_id = self.state.begin_batch(seq, hashes)
         for task in tasks:
             task["data"][BATCH_FIELD] = batch_id
-        ids = self.hook.import_batch(self.project_id, tasks, batch_id, key_field=HASH_FIELD, batch_field=BATCH_FIELD)
+        # Fresh: its pending marker was written just now, so no earlier attempt sent it.
+        ids = self.hook.import_batch(self.project_id, tasks, batch_id, key_field=HASH_FIELD,
+                                     batch_field=BATCH_FIELD, fresh=True)
         sources = {task["data"][HASH_FIELD]: task["data"]["labelloop_source"] for task in tasks}
         batch = self.state.commit_batch(seq, batch_id, {key: {"id": ids[key], "source": sources[key]} for key in ids})
         self._remember(batch)

@@ -39,7 +39,24 @@ def format_of(name: str) -> str | None:
 
 def read_records(stream: IO[bytes], fmt: str, max_record_bytes: int) -> Iterator[RawRecord]:
     readers = {"jsonl": _jsonl, "json": _json_array, "csv": _csv}
-    yield from readers[fmt](stream, max_record_bytes)
+    # fsspec's readline on remote files re-reads a whole block per line (36 s for a 13 MiB S3
+    # object); a local 1 MiB buffer makes line iteration linear (0.8 s).
+    yield from readers[fmt](io.BufferedReader(_Raw(stream), buffer_size=1 << 20), max_record_bytes)
+
+
+class _Raw(io.RawIOBase):
+    """Any binary stream with ``read`` as a raw stream, so io.BufferedReader can buffer it."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 def _encoding_problem(raw: bytes, error: UnicodeDecodeError) -> str:
@@ -110,23 +127,19 @@ def _json_array(stream: IO[bytes], max_record_bytes: int) -> Iterator[RawRecord]
         yield RawRecord(index + 1, None, "", reason + " (the rest of the object was not read)")
 
 
-class _Prefixed(io.RawIOBase):
+class _Prefixed(_Raw):
     """A raw stream that yields ``prefix`` then the rest of ``stream``."""
 
     def __init__(self, prefix: bytes, stream: IO[bytes]) -> None:
-        self._prefix, self._stream = prefix, stream
-
-    def readable(self) -> bool:
-        return True
+        super().__init__(stream)
+        self._prefix = prefix
 
     def readinto(self, buffer: Any) -> int:
         if self._prefix:
             size = min(len(buffer), len(self._prefix))
             buffer[:size], self._prefix = self._prefix[:size], self._prefix[size:]
             return size
-        data = self._stream.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+        return super().readinto(buffer)
 
 
 def _csv(stream: IO[bytes], max_record_bytes: int) -> Iterator[RawRecord]:
