@@ -20,6 +20,18 @@ DEFAULT_ARGS = {"owner": "labelloop", "retries": 3, "retry_delay": timedelta(sec
                 "retry_exponential_backoff": True}
 
 
+def project_dag(spec: ProjectSpec, stage: str, *, description: str, schedule: Any, doc_md: str = "",
+                retries: int | None = None, tag: str | None = None, **kwargs: Any) -> DAG:
+    """What every labelloop DAG shares: its id, start, no catch-up, one run at a time (runs of a
+    stage share the project's state in object storage), tags, retries with backoff."""
+    return DAG(
+        dag_id=f"{spec.dag_prefix}__{stage}", description=description, schedule=schedule,
+        start_date=START, catchup=False, max_active_runs=1,
+        default_args=DEFAULT_ARGS if retries is None else {**DEFAULT_ARGS, "retries": retries},
+        tags=["labelloop", spec.name, tag or stage], doc_md=doc_md, **kwargs,
+    )
+
+
 def tasks_asset(spec: ProjectSpec) -> Asset:
     """Updated whenever ingest adds tasks to the project; collect listens to it."""
     return Asset(name=f"labelloop__{spec.name}__tasks", uri=f"{spec.storage_uri}/ingest/manifest.json",
@@ -45,14 +57,10 @@ def _load(spec_path: str) -> ProjectSpec:
 
 
 def setup_dag(spec: ProjectSpec) -> DAG:
-    with DAG(
-        dag_id=f"{spec.dag_prefix}__setup",
+    with project_dag(
+        spec, "setup",
         description=f"Create or update the Label Studio project '{spec.title}' from its spec",
         schedule=None,
-        start_date=START,
-        catchup=False,
-        default_args=DEFAULT_ARGS,
-        tags=["labelloop", spec.name, "setup"],
         doc_md=f"Brings the Label Studio project **{spec.title}** in line with `{spec.spec_path}`: "
                "title, labeling config, instructions, annotators per task. Safe to run any time.",
     ) as dag:
@@ -72,15 +80,10 @@ def setup_dag(spec: ProjectSpec) -> DAG:
 
 
 def ingest_dag(spec: ProjectSpec) -> DAG:
-    with DAG(
-        dag_id=f"{spec.dag_prefix}__ingest",
+    with project_dag(
+        spec, "ingest",
         description=f"Raw objects under {spec.source.uri} become tasks of '{spec.title}'",
         schedule=spec.schedules.ingest,
-        start_date=START,
-        catchup=False,
-        max_active_runs=1,  # runs share the project's manifest and hash index
-        default_args=DEFAULT_ARGS,
-        tags=["labelloop", spec.name, "ingest"],
         doc_md="Lists new objects, validates and de-duplicates their records, pre-labels them with "
                "the champion model when there is one, and imports them in batches. Every record "
                "ends imported, duplicate or quarantined; see the run summary in the task's XCom.",
@@ -121,15 +124,10 @@ def _collect_schedule(spec: ProjectSpec) -> Any:
 
 
 def collect_dag(spec: ProjectSpec) -> DAG:
-    with DAG(
-        dag_id=f"{spec.dag_prefix}__collect",
+    with project_dag(
+        spec, "collect",
         description=f"Snapshot the annotations of '{spec.title}' into a Parquet table",
         schedule=_collect_schedule(spec),
-        start_date=START,
-        catchup=False,
-        max_active_runs=1,
-        default_args=DEFAULT_ARGS,
-        tags=["labelloop", spec.name, "collect"],
         doc_md="Exports the project and its review project with Label Studio export snapshots "
                "(create, poll, download), flattens them to one row per annotation result and writes "
                f"`{spec.storage_uri}/collect/snapshots/<run>/` plus `collect/latest.json`. A re-run "
@@ -154,15 +152,10 @@ def collect_dag(spec: ProjectSpec) -> DAG:
 
 
 def audit_dag(spec: ProjectSpec) -> DAG:
-    with DAG(
-        dag_id=f"{spec.dag_prefix}__audit",
+    with project_dag(
+        spec, "audit",
         description=f"Agreement, consensus, review routing and the quality gate for '{spec.title}'",
         schedule=annotations_asset(spec),
-        start_date=START,
-        catchup=False,
-        max_active_runs=1,
-        default_args=DEFAULT_ARGS,
-        tags=["labelloop", spec.name, "audit"],
         doc_md="Audits the latest collect snapshot (gold accuracy, kappa, Krippendorff's alpha, "
                f"{spec.quality.consensus} consensus with adjudications), writes "
                f"`{spec.storage_uri}/audit/<run>/` (report.html, metrics.json, consensus.parquet, "
@@ -247,19 +240,15 @@ def _refresh(spec_path: str) -> dict[str, Any]:
 def retrain_dag(spec: ProjectSpec) -> DAG:
     from airflow.sdk import Param
 
-    with DAG(
-        dag_id=f"{spec.dag_prefix}__retrain",
+    with project_dag(
+        spec, "retrain",
         description=f"Train, register and maybe promote the pre-label model of '{spec.title}'",
         schedule=quality_passed_asset(spec),
-        start_date=START,
-        catchup=False,
-        max_active_runs=1,
-        default_args={**DEFAULT_ARGS, "retries": 1},
+        retries=1,
         params={
             "force": Param(False, type="boolean", description="train even if this data was already trained on"),
             "dry_run": Param(False, type="boolean", description="train and evaluate only: register nothing"),
         },
-        tags=["labelloop", spec.name, "retrain"],
         doc_md="Builds the training set from the last audit that passed the gate (consensus above the "
                "confidence floor and adjudicated answers; never gold items), trains the spec's model, "
                "logs it to MLflow and registers a version, evaluates it and the champion on the same "
@@ -329,18 +318,15 @@ def retrain_dag(spec: ProjectSpec) -> DAG:
 
 
 def registry_watch_dag(spec: ProjectSpec) -> DAG:
-    with DAG(
-        dag_id=f"{spec.dag_prefix}__registry_watch",
+    with project_dag(
+        spec, "registry_watch",
         description=f"Refresh pre-labels of '{spec.title}' when the champion alias moved (from anywhere)",
         schedule=timedelta(minutes=5),
-        start_date=START,
-        catchup=False,
-        max_active_runs=1,
-        default_args={**DEFAULT_ARGS, "retries": 0},
-        tags=["labelloop", spec.name, "retrain"],
+        retries=0,
         doc_md="A cheap check: one registry call. When `champion` points at a version whose pre-labels "
                "were not refreshed yet (a promotion, a rollback, a move in the MLflow UI), re-predicts "
                "the unannotated tasks.",
+        tag="retrain",
     ) as dag:
 
         @task(outlets=[prelabels_asset(spec)])
@@ -354,15 +340,13 @@ def registry_watch_dag(spec: ProjectSpec) -> DAG:
 def rollback_dag(spec: ProjectSpec) -> DAG:
     from airflow.sdk import Param
 
-    with DAG(
-        dag_id=f"{spec.dag_prefix}__rollback",
+    with project_dag(
+        spec, "rollback",
         description=f"Point the champion of '{spec.title}' back at a named earlier version",
         schedule=None,
-        start_date=START,
-        catchup=False,
         params={"version": Param(type="string", description="registered model version to make champion")},
-        default_args={**DEFAULT_ARGS, "retries": 0},
-        tags=["labelloop", spec.name, "retrain"],
+        retries=0,
+        tag="retrain",
     ) as dag:
 
         @task
