@@ -68,6 +68,11 @@ class Annotation(_Strict):
     gold_fraction: Annotated[float, Field(ge=0, le=1)] = 0.0
     random_share: Annotated[float, Field(ge=0, le=1)] = Field(
         0.1, description="share of tasks ordered at random rather than by the model's uncertainty")
+    stratify_by: str | None = Field(
+        None, description="task data field whose values random ordering keeps in proportion (e.g. a source)")
+    reorder_on_promotion: Annotated[int, Field(ge=0)] = Field(
+        1000, description="after a promotion, re-order this many tasks at the head of the queue by the new "
+                          "champion (one Label Studio call per changed task)")
     show_skip_button: bool = True
 
 
@@ -150,6 +155,10 @@ class ProjectSpec(_Strict):
                 f"labeling_config {self.labeling_config} reads ${', $'.join(sorted(missing))}, "
                 f"which source.fields does not define; add them to source.fields"
             )
+        stratum = self.annotation.stratify_by
+        if stratum is not None and stratum not in self.source.fields:
+            raise ValueError(f"annotation.stratify_by names {stratum!r}, which is not one of source.fields "
+                             f"{sorted(self.source.fields)}; add it there or pick one of those")
         return self
 
     @property

@@ -14,7 +14,7 @@ a round up to 1,500. After each round the model is refit from scratch with label
 scored on the test set with ``evaluate`` (accuracy, spam F1). Policies, all in the same run:
 
 ``uncertainty``    the real ingest policy: ``predictions(spec, model, ...)`` on the unlabeled pool,
-                   then ``priority(content_hash({"text": ...}), prediction, random_share=0.1)``;
+                   then ``priorities(hashes, predictions, random_share=0.1, n_labels=2)`` (``labelloop.ordering``);
                    the round labels the highest priorities (ties broken by content hash).
 ``uncertainty-0``  the same with ``random_share=0`` (pure uncertainty; ``--no-share0`` drops it).
 ``random``         the next items of a seeded random permutation of the pool.
@@ -45,10 +45,10 @@ sys.path.insert(0, str(REPO / "plugins"))
 # The spec expands ${LABELLOOP_STORE}; nothing is written there by this script.
 os.environ.setdefault("LABELLOOP_STORE", f"file://{tempfile.gettempdir()}/labelloop-bench-store")
 
-from labelloop.ingest.pipeline import priority  # noqa: E402
 from labelloop.ingest.validate import content_hash  # noqa: E402
 from labelloop.model.prelabel import predictions  # noqa: E402
 from labelloop.model.train import evaluate, fit  # noqa: E402
+from labelloop.ordering import priorities  # noqa: E402
 from labelloop.spec import Model, load_spec  # noqa: E402
 
 DATA = REPO / "include/demo/sms-spam/messages.jsonl"
@@ -113,7 +113,7 @@ def run_policy(policy: str, share: float, spec: Any, texts: list[str], hashes: l
                 candidates = np.asarray(unlabeled)
                 rows_data = [{"text": texts[i]} for i in candidates]
                 predicted = predictions(spec, model, f"bench:{round_index}", rows_data)
-                keys = np.asarray([priority(hashes[i], p, share, n_labels=2) for i, p in zip(candidates, predicted)])
+                keys = np.asarray(priorities([hashes[i] for i in candidates], predicted, random_share=share, n_labels=2))
                 top = np.lexsort((np.asarray([hashes[i] for i in candidates]), -keys))[:need]
                 chosen = list(candidates[top])
                 uncertainty = np.asarray([1.0 - p["score"] for p in predicted])[top]

@@ -38,6 +38,7 @@ def rewrite(make_spec, mutate) -> Path:
         (lambda raw: raw.update(name="Bad Name"), "field name: String should match pattern"),
         (lambda raw: raw["annotation"].update(annotators_per_task=0), "field annotation.annotators_per_task"),
         (lambda raw: raw.update(storage_uri="/no/scheme"), "has no scheme"),
+        (lambda raw: raw["annotation"].update(stratify_by="lang"), "stratify_by names 'lang', which is not one of"),
         (lambda raw: raw.update(guidelines="missing.md"), "guidelines: cannot read"),
         (lambda raw: raw["source"].update(uri="${LABELLOOP_NOT_SET}/raw/"), "LABELLOOP_NOT_SET is not set"),
     ],

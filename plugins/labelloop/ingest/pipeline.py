@@ -8,7 +8,6 @@ half-way resumes without duplicates.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from labelloop.ingest.state import IngestState, SourceObject, list_objects
 from labelloop.ingest.validate import (
     BATCH_FIELD, HASH_FIELD, ID_FIELD, PRIORITY_FIELD, InvalidRecord, RecordValidator, content_hash,
 )
+from labelloop.ordering import priorities, unit
 from labelloop.spec import ProjectSpec
 
 log = logging.getLogger(__name__)
@@ -38,25 +38,9 @@ def storage_path(uri: str, conn_id: str | None) -> ObjectStoragePath:
     return ObjectStoragePath(uri, conn_id=conn_id if not uri.startswith("file://") else None)
 
 
-def _unit(content: str, salt: str = "") -> float:
-    """A stable pseudo-random number in [0, 1) from a content hash (same item, same number)."""
-    digest = content if not salt else hashlib.blake2b((salt + content).encode(), digest_size=8).hexdigest()
-    return int(digest[:8], 16) / 0x1_0000_0000
-
-
 def is_gold(content: str, fraction: float) -> bool:
     """A stable pseudo-random choice by content hash: the same item is gold in every run."""
-    return fraction > 0 and _unit(content) < fraction
-
-
-def priority(content: str, prediction: dict[str, Any] | None, random_share: float, n_labels: int) -> float:
-    """Labeling order, highest first: the model's uncertainty (1 - top probability), except a
-    random share (and everything while there is no model) gets a random priority, so the labeled
-    sample stays unbiased. Random priorities span the same range as uncertainty, [0, 1 - 1/k),
-    so the random share is interleaved with the uncertain items instead of jumping the queue."""
-    if prediction is None or _unit(content, "random-share") < random_share:
-        return round(_unit(content, "priority") * (1.0 - 1.0 / n_labels), 6)
-    return round(1.0 - float(prediction["score"]), 6)
+    return fraction > 0 and unit(content) < fraction
 
 
 @dataclass
@@ -225,11 +209,14 @@ class Ingest:
 
     def _import(self, tasks: list[dict[str, Any]]) -> None:
         predictions = self.predictor([task["data"] for task in tasks]) if self.predictor else [None] * len(tasks)
-        for task, prediction in zip(tasks, predictions):
+        stratum = self.spec.annotation.stratify_by
+        ordered = priorities([task["data"][HASH_FIELD] for task in tasks], predictions,
+                             random_share=self.spec.annotation.random_share, n_labels=len(self.spec.labels),
+                             strata=[task["data"].get(stratum) for task in tasks] if stratum else None)
+        for task, prediction, value in zip(tasks, predictions, ordered):
             if prediction is not None:
                 task["predictions"] = [prediction]
-            task["data"][PRIORITY_FIELD] = priority(task["data"][HASH_FIELD], prediction,
-                                                    self.spec.annotation.random_share, len(self.spec.labels))
+            task["data"][PRIORITY_FIELD] = value
         seq = self.next_seq
         self.next_seq += 1
         hashes = [task["data"][HASH_FIELD] for task in tasks]
