@@ -31,10 +31,34 @@ def write_raw(folder: Path, name: str, lines: list[str]) -> None:
     (folder / name).write_text("\n".join(lines) + "\n")
 
 
+def assert_queue_head_follows(spec, unlabeled, model_version: str) -> None:
+    """The head of the queue (by stored priority) is the champion's most uncertain tasks, apart
+    from the random share; round 1 was imported without a model, so this was the refresh."""
+    from labelloop.ingest.validate import HASH_FIELD, PRIORITY_FIELD
+    from labelloop.ordering import in_random_share
+
+    def uncertainty(task) -> float:
+        score = next(_score(p) for p in task.predictions if _version(p) == model_version)
+        return round(1.0 - score, 6)
+
+    ranked = sorted(unlabeled, key=lambda t: -t.data[PRIORITY_FIELD])
+    head = spec.annotation.reorder_on_promotion
+    modelled = [t for t in ranked if not in_random_share(t.data[HASH_FIELD], spec.annotation.random_share)]
+    head_ids = {t.id for t in ranked[:head]}
+    inside = [t for t in modelled if t.id in head_ids]
+    assert inside and all(t.data[PRIORITY_FIELD] == uncertainty(t) for t in inside)
+    outside = [t for t in modelled if t.id not in head_ids]
+    assert max(map(uncertainty, outside)) <= min(map(uncertainty, inside))
+
+
+def _score(prediction) -> float:
+    return prediction["score"] if isinstance(prediction, dict) else prediction.score
+
+
 def test_loop_promotes_only_better_models(run_dag, labelstudio_hook, mlflow_server, make_spec, tmp_path) -> None:
     lines = SMS.read_text().splitlines()
     write_raw(tmp_path / "raw", "round1.jsonl", lines[:2500])
-    path = make_spec(annotation={"annotators_per_task": 3, "gold_fraction": 0.12},
+    path = make_spec(annotation={"annotators_per_task": 3, "gold_fraction": 0.12, "reorder_on_promotion": 300},
                      quality={"min_gold_accuracy": 0.7, "min_kappa": 0.1, "min_alpha": 0.1},
                      model={"name": f"loop_{tmp_path.name[-8:]}", "metric": "macro_f1",
                             "promotion_margin": 0.0, "min_score": 0.85})
@@ -55,6 +79,7 @@ def test_loop_promotes_only_better_models(run_dag, labelstudio_hook, mlflow_serv
     unlabeled = [t for t in labelstudio_hook.iter_tasks(project.id, fields="all") if not t.annotations]
     assert unlabeled and all(any(_version(p) == f"{spec.model.name}:1" for p in t.predictions)
                              for t in unlabeled[:50])
+    assert_queue_head_follows(spec, unlabeled, f"{spec.model.name}:1")
 
     # Round 2: new data arrives; ingest pre-labels it and orders it by the champion's uncertainty.
     write_raw(tmp_path / "raw", "round2.jsonl", lines[2500:])

@@ -146,6 +146,13 @@ class LabelStudioHook(BaseHook):
         """Every task of a project (the SDK pager follows the pages), optionally filtered."""
         yield from self.client.tasks.list(project=project_id, query=query, fields=fields, page_size=page_size)
 
+    def update_task_data(self, data: dict[int, dict[str, Any]], workers: int = 4) -> None:
+        """Replace the data of these tasks (task id -> whole data): one PATCH each, a few at a time."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(lambda item: self.client.tasks.update(id=item[0], data=item[1]), data.items()))
+
     def import_batch(
         self,
         project_id: int,

@@ -17,6 +17,7 @@ import pandas as pd
 from labelloop.hooks.labelstudio import LabelStudioHook
 from labelloop.ingest.pipeline import storage_path
 from labelloop.ingest.state import read_json, write_json
+from labelloop.ingest.validate import HASH_FIELD, PRIORITY_FIELD
 from labelloop.spec import ProjectSpec
 
 log = logging.getLogger(__name__)
@@ -159,28 +160,52 @@ def rollback(spec: ProjectSpec, tracking_uri: str, version: str, actor: str) -> 
 
 
 def refresh_prelabels(spec: ProjectSpec, hook: LabelStudioHook, tracking_uri: str, batch_size: int = 500) -> dict[str, Any]:
-    """Re-predict the project's unannotated tasks with the champion, once per champion version."""
+    """Re-predict the project's unannotated tasks with the champion and re-order the head of the
+    labeling queue by its uncertainty, once per champion version.
+
+    Resumable: the marker records the last task id whose prediction was imported, so a re-run
+    after a crash imports no prediction twice; re-ordering re-reads the stored priorities.
+    """
     from labelloop.model.prelabel import load_champion
+    from labelloop.ordering import priorities, reorder
 
     root = storage_path(spec.storage_uri, spec.source.conn_id)
-    marker = root / "model" / "prelabels.json"
+    marker_path = root / "model" / "prelabels.json"
     champion = load_champion(spec, tracking_uri)
     if champion is None:
         return {"refreshed": 0, "reason": "no champion"}
     model_version, predict = champion
-    if (read_json(marker, {}) or {}).get("model_version") == model_version:
+    marker = read_json(marker_path, {}) or {}
+    if marker.get("model_version") != model_version:
+        marker = {"model_version": model_version, "predicted_through": 0, "done": False}
+    if marker.get("done"):
         return {"refreshed": 0, "model_version": model_version, "reason": "already refreshed for this version"}
     project = hook.find_project(spec.title)
     unlabeled = json.dumps({"filters": {"conjunction": "and", "items": [
         {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}]}})
-    tasks = list(hook.iter_tasks(project.id, query=unlabeled))
-    count = 0
+    tasks = sorted(hook.iter_tasks(project.id, query=unlabeled), key=lambda task: task.id)
+    predictions: list[dict[str, Any]] = []
+    imported = 0
     for start in range(0, len(tasks), batch_size):
         chunk = tasks[start:start + batch_size]
-        predictions = predict([task.data for task in chunk])
-        hook.client.projects.import_predictions(project.id, request=[
-            {"task": task.id, **prediction} for task, prediction in zip(chunk, predictions)])
-        count += len(chunk)
-    hook.client.projects.update(project.id, model_version=model_version)
-    write_json(marker, {"model_version": model_version, "tasks": count})
-    return {"refreshed": count, "model_version": model_version}
+        predicted = predict([task.data for task in chunk])
+        predictions += predicted
+        new = [{"task": task.id, **prediction} for task, prediction in zip(chunk, predicted)
+               if task.id > marker["predicted_through"]]
+        if new:
+            hook.client.projects.import_predictions(project.id, request=new)
+            imported += len(new)
+            write_json(marker_path, {**marker, "predicted_through": chunk[-1].id})
+            marker["predicted_through"] = chunk[-1].id
+    if tasks:  # Label Studio refuses a model_version no prediction carries
+        hook.client.projects.update(project.id, model_version=model_version)
+    stratum = spec.annotation.stratify_by
+    fresh = priorities([task.data.get(HASH_FIELD, f"task-{task.id}") for task in tasks], predictions,
+                       random_share=spec.annotation.random_share, n_labels=len(spec.labels),
+                       strata=[task.data.get(stratum) for task in tasks] if stratum else None)
+    updates = reorder({task.id: task.data.get(PRIORITY_FIELD) for task in tasks},
+                      {task.id: value for task, value in zip(tasks, fresh)}, spec.annotation.reorder_on_promotion)
+    data = {task.id: task.data for task in tasks}
+    hook.update_task_data({task_id: {**data[task_id], PRIORITY_FIELD: value} for task_id, value in updates.items()})
+    write_json(marker_path, {**marker, "done": True, "tasks": len(tasks)})
+    return {"refreshed": imported, "reordered": len(updates), "model_version": model_version}
