@@ -51,24 +51,42 @@ class Airflow:
         self.wait_for_dag(dag_id)
         self.call("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
 
-    def run(self, dag_id: str, conf: dict[str, Any] | None = None, timeout: float = 1800) -> dict[str, Any]:
-        """Trigger a run and wait for it; raise with the failed tasks when it fails."""
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
+        """Start a run now (as the UI's Trigger button does); returns its run id."""
         self.unpause(dag_id)
-        run_id = self.call("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})[
+        return self.call("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf or {}})[
             "dag_run_id"]
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 1800) -> str:
+        """Wait for a run to finish; raise with the failed tasks when it fails."""
         deadline = time.monotonic() + timeout
-        while True:
-            state = self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")["state"]
-            if state in {"success", "failed"}:
-                break
+        while (state := self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")["state"]) not in {"success", "failed"}:
             if time.monotonic() > deadline:
                 raise StackError(f"{dag_id} run {run_id} still {state} after {timeout:.0f} s")
             time.sleep(2)
         if state == "failed":
-            tis = self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
-            failed = [ti["task_id"] for ti in tis if ti["state"] == "failed"]
+            failed = [task for task, task_state in self.task_states(dag_id, run_id).items() if task_state == "failed"]
             raise StackError(f"{dag_id} run {run_id} failed in {failed}; open the task logs in the Airflow UI")
+        return state
+
+    def run(self, dag_id: str, conf: dict[str, Any] | None = None, timeout: float = 1800) -> dict[str, Any]:
+        """Trigger a run and wait for it."""
+        run_id = self.trigger(dag_id, conf)
+        self.wait_for_run(dag_id, run_id, timeout)
         return {"run_id": run_id}
+
+    def wait_for_task(self, dag_id: str, run_id: str, task_id: str, states: set[str], timeout: float = 600) -> str:
+        deadline = time.monotonic() + timeout
+        while (state := self.task_states(dag_id, run_id).get(task_id)) not in states:
+            if time.monotonic() > deadline:
+                raise StackError(f"{dag_id} run {run_id}: {task_id} still {state} after {timeout:.0f} s")
+            time.sleep(2)
+        return state
+
+    def respond(self, dag_id: str, run_id: str, task_id: str, options: list[str]) -> dict[str, Any]:
+        """Answer a human-in-the-loop task, as a person does under Required Actions."""
+        return self.call("PATCH", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
+                         json={"chosen_options": options})
 
     def wait_for_triggered_run(self, dag_id: str, after: str, timeout: float = 1800) -> dict[str, Any]:
         """Wait for the first run of ``dag_id`` queued after ``after`` (an Asset event started it)."""

@@ -237,6 +237,14 @@ def _refresh(spec_path: str) -> dict[str, Any]:
     return result
 
 
+def _responder(answer: dict[str, Any] | None) -> str:
+    """Who answered the approval (Airflow's user name), or the DAG itself when none was asked."""
+    if not answer:
+        return "retrain DAG"
+    user = answer.get("responded_by_user") or {}
+    return f"{user.get('name') or 'nobody (timed out)'} in Airflow"
+
+
 def retrain_dag(spec: ProjectSpec) -> DAG:
     from airflow.sdk import Param
 
@@ -278,10 +286,11 @@ def retrain_dag(spec: ProjectSpec) -> DAG:
             return outcome
 
         @task
-        def promote(spec_path: str, outcome: dict[str, Any]) -> dict[str, Any]:
+        def promote(spec_path: str, outcome: dict[str, Any], **context: Any) -> dict[str, Any]:
             from labelloop.model.retrain import promote as move_alias
 
-            moved = move_alias(_load(spec_path), _tracking_uri(), outcome, approved_by="retrain DAG")
+            answer = context["ti"].xcom_pull(task_ids="approve") if "approve" in context["dag"].task_ids else None
+            moved = move_alias(_load(spec_path), _tracking_uri(), outcome, approved_by=_responder(answer))
             print(f"version {outcome['version']}: {'promoted' if moved else 'not promoted'}: {outcome['reason']}")
             return {"promoted": moved, "version": outcome["version"]}
 
@@ -295,23 +304,33 @@ def retrain_dag(spec: ProjectSpec) -> DAG:
             from airflow.providers.standard.operators.hitl import ApprovalOperator
             from airflow.sdk import TriggerRule
 
+            @task.short_circuit(ignore_downstream_trigger_rules=False)
+            def needs_sign_off(outcome: dict[str, Any]) -> bool:
+                """Only a candidate that would be promoted is put to a person; otherwise promote skips."""
+                return bool(outcome and outcome.get("promote"))
+
             approval = ApprovalOperator(
                 task_id="approve",
                 subject=f"Promote {spec.model.name} version {{{{ ti.xcom_pull(task_ids='train')['version'] }}}}?",
                 body="{{ ti.xcom_pull(task_ids='train')['body'] }}",
                 response_timeout=timedelta(days=7),
+                defaults=ApprovalOperator.REJECT,  # no answer in a week: the champion stays
             )
 
             @task(trigger_rule=TriggerRule.NONE_FAILED)
             def record_rejection(spec_path: str, outcome: dict[str, Any], **context: Any) -> None:
-                """A rejection skips `promote`; this runs either way and tags the candidate when rejected."""
+                """A rejection skips `promote`; this runs either way and tags the candidate when rejected.
+
+                (A rejecting ApprovalOperator pushes no XCom: it skips its downstream by raising, so
+                "rejected" is read from `promote` not having run although the decision was to promote.)
+                """
                 from labelloop.model.retrain import reject
 
-                answer = context["ti"].xcom_pull(task_ids="approve") or {}
-                if outcome and outcome.get("promote") and ApprovalOperator.REJECT in answer.get("chosen_options", []):
-                    reject(_load(spec_path), _tracking_uri(), outcome, by="reviewer in Airflow")
+                if outcome and outcome.get("promote") and context["ti"].xcom_pull(task_ids="promote") is None:
+                    reject(_load(spec_path), _tracking_uri(), outcome,
+                           by="sign-off in Airflow (Reject, or no answer in 7 days)")
 
-            outcome >> approval >> promoted
+            needs_sign_off(outcome) >> approval >> promoted
             promoted >> record_rejection(str(spec.spec_path), outcome)
         refresh(str(spec.spec_path), promoted)
     return dag

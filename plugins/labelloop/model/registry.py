@@ -127,6 +127,8 @@ def champion_history(client: MlflowClient, name: str) -> list[dict[str, Any]]:
 def move_champion(client: MlflowClient, name: str, version: str, reason: str, actor: str) -> None:
     """Point ``champion`` at ``version`` and append the move to the history."""
     previous = champion_version(client, name)
+    if previous is not None and previous.version == str(version):
+        return  # already there: a re-run changes nothing
     client.set_registered_model_alias(name, CHAMPION, version)
     history = champion_history(client, name)
     history.append({"version": str(version), "previous": previous.version if previous else None,
