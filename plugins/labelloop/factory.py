@@ -94,6 +94,7 @@ def ingest_dag(spec: ProjectSpec) -> DAG:
             from labelloop.hooks.labelstudio import LabelStudioHook
             from labelloop.ingest.pipeline import Ingest, ingest_counts_line
             from labelloop.model.prelabel import load_predictor
+            from labelloop.model.retrain import queue_generation
             from labelloop.project import ensure_project
 
             spec = _load(spec_path)
@@ -103,7 +104,9 @@ def ingest_dag(spec: ProjectSpec) -> DAG:
             # Scheduled runs take objects modified before their interval's end; a person who
             # triggers by hand wants what is there now.
             cutoff = run.run_after if run.run_type == "manual" else context.get("data_interval_end") or run.run_after
-            summary = Ingest(spec, hook, context["run_id"], predictor=load_predictor(spec)).run(project_id, cutoff)
+            predictor = load_predictor(spec)
+            generation = queue_generation(spec) if predictor else 0
+            summary = Ingest(spec, hook, context["run_id"], predictor, generation).run(project_id, cutoff)
             print(f"ingest {summary['run']}: {summary['objects']} objects; {ingest_counts_line(summary)}")
             for skipped in summary["skipped_objects"]:
                 print(f"skipped object {skipped['object']}: {skipped['reason']}")

@@ -10,6 +10,11 @@ model). Random positions are *stratified*: within one call each stratum's items 
 evenly over the quantiles, so any head of the queue also holds the strata in proportion (one
 stratum when the spec names no ``stratify_by``).
 
+When a new champion is promoted, the refresh re-scores the unlabeled tasks and rewrites only
+the head of the queue (``reorder``), with the next *generation* added: priority = generation
++ value. Tasks scored by the current champion (the new head, and what ingest imports from
+then on) rank before tasks scored by an older one, at a cost of one update per head task.
+
 Everything is a function of the content hash (and the batch it comes in), so a re-run or a
 resumed import computes the same priorities.
 """
@@ -33,8 +38,13 @@ def in_random_share(content: str, share: float) -> bool:
 
 
 def priorities(hashes: Sequence[str], predictions: Sequence[dict[str, Any] | None], *, random_share: float,
-               n_labels: int, strata: Sequence[Hashable] | None = None) -> list[float]:
-    """Priorities (highest first) for tasks given their content hashes and champion predictions."""
+               n_labels: int, strata: Sequence[Hashable] | None = None, generation: int = 0) -> list[float]:
+    """Priorities (highest first) for tasks given their content hashes and champion predictions.
+
+    ``generation`` counts the champions that have ordered the queue (see ``reorder``): it is
+    added to every priority, so tasks scored by the current champion come before tasks scored
+    by an older one.
+    """
     result = [0.0] * len(hashes)
     shuffled: dict[Hashable, list[int]] = defaultdict(list)
     for i, (content, prediction) in enumerate(zip(hashes, predictions, strict=True)):
@@ -50,7 +60,7 @@ def priorities(hashes: Sequence[str], predictions: Sequence[dict[str, Any] | Non
             # Rank r of n takes a random point of the r-th of n equal slices: strata interleave.
             level = 1.0 - (rank + unit(hashes[i], "jitter")) / len(members)
             result[i] = round(_quantile(uncertainties, level) if uncertainties else level * (1.0 - 1.0 / n_labels), 6)
-    return result
+    return [round(generation + value, 6) for value in result]
 
 
 def _quantile(ordered: list[float], level: float) -> float:
@@ -63,20 +73,13 @@ def _quantile(ordered: list[float], level: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def reorder(stored: dict[int, float], fresh: dict[int, float], head: int) -> dict[int, float]:
-    """The fewest updates after which the first ``head`` tasks of the queue are ``fresh``'s first.
+def reorder(stored: dict[int, float | None], fresh: dict[int, float], head: int) -> dict[int, float]:
+    """The updates that put a new champion's ``head`` most urgent tasks first in the queue.
 
-    ``stored`` is each unlabeled task's priority in Label Studio, ``fresh`` the new champion's.
-    Tasks outside the new head that sit at or above its lowest priority are demoted to their
-    fresh value; tasks inside it take their fresh value where it differs. The tail keeps its old
-    order (each update is one API call); the next promotion or a larger ``head`` reaches it.
+    ``fresh`` are the new champion's priorities, computed with the next generation, so they
+    exceed every priority written before: writing the head alone makes it the queue's first
+    ``head`` tasks in the new order, at one API call per task, however much the order changed.
+    The rest keeps its older (lower) priorities until a later promotion reaches it.
     """
-    ranked = sorted(fresh, key=lambda task: (-fresh[task], task))
-    top, rest = ranked[:head], ranked[head:]
-    if not top:
-        return {}
-    floor = fresh[top[-1]]
-    updates = {task: fresh[task] for task in top if stored.get(task) != fresh[task]}
-    updates.update({task: fresh[task] for task in rest
-                    if stored.get(task, 0.0) >= floor and stored.get(task) != fresh[task]})
-    return updates
+    top = sorted(fresh, key=lambda task: (-fresh[task], task))[:head]
+    return {task: fresh[task] for task in top if stored.get(task) != fresh[task]}

@@ -71,8 +71,8 @@ class Annotation(_Strict):
     stratify_by: str | None = Field(
         None, description="task data field whose values random ordering keeps in proportion (e.g. a source)")
     reorder_on_promotion: Annotated[int, Field(ge=0)] = Field(
-        1000, description="after a promotion, re-order this many tasks at the head of the queue by the new "
-                          "champion (one Label Studio call per changed task)")
+        1000, description="after a promotion, the new champion's most uncertain tasks put at the head of the "
+                          "queue (one Label Studio call each)")
     show_skip_button: bool = True
 
 

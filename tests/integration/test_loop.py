@@ -33,13 +33,14 @@ def write_raw(folder: Path, name: str, lines: list[str]) -> None:
 
 def assert_queue_head_follows(spec, unlabeled, model_version: str) -> None:
     """The head of the queue (by stored priority) is the champion's most uncertain tasks, apart
-    from the random share; round 1 was imported without a model, so this was the refresh."""
+    from the random share; round 1 was imported without a model, so this was the refresh, and it
+    wrote only the head."""
     from labelloop.ingest.validate import HASH_FIELD, PRIORITY_FIELD
     from labelloop.ordering import in_random_share
 
-    def uncertainty(task) -> float:
+    def uncertainty(task) -> float:  # generation 1: the first champion to order the queue
         score = next(_score(p) for p in task.predictions if _version(p) == model_version)
-        return round(1.0 - score, 6)
+        return round(1 + round(1.0 - score, 6), 6)
 
     ranked = sorted(unlabeled, key=lambda t: -t.data[PRIORITY_FIELD])
     head = spec.annotation.reorder_on_promotion
@@ -49,6 +50,7 @@ def assert_queue_head_follows(spec, unlabeled, model_version: str) -> None:
     assert inside and all(t.data[PRIORITY_FIELD] == uncertainty(t) for t in inside)
     outside = [t for t in modelled if t.id not in head_ids]
     assert max(map(uncertainty, outside)) <= min(map(uncertainty, inside))
+    assert all(t.data[PRIORITY_FIELD] < 1 for t in ranked[head:])  # the rest was left alone
 
 
 def _score(prediction) -> float:

@@ -55,11 +55,12 @@ class Ingest:
     """One ingest run of one project (built per task run; holds the run's journal)."""
 
     def __init__(self, spec: ProjectSpec, hook: LabelStudioHook, run_id: str,
-                 predictor: Predictor | None = None) -> None:
+                 predictor: Predictor | None = None, generation: int = 0) -> None:
         self.spec = spec
         self.hook = hook
         self.validator = RecordValidator(spec)
         self.predictor = predictor
+        self.generation = generation  # of the queue's order: see labelloop.ordering
         self.state = IngestState(storage_path(spec.storage_uri, spec.source.conn_id), run_id)
         self.project_id: int | None = None
         self.buffer: list[dict[str, Any]] = []
@@ -212,7 +213,8 @@ class Ingest:
         stratum = self.spec.annotation.stratify_by
         ordered = priorities([task["data"][HASH_FIELD] for task in tasks], predictions,
                              random_share=self.spec.annotation.random_share, n_labels=len(self.spec.labels),
-                             strata=[task["data"].get(stratum) for task in tasks] if stratum else None)
+                             strata=[task["data"].get(stratum) for task in tasks] if stratum else None,
+                             generation=self.generation)
         for task, prediction, value in zip(tasks, predictions, ordered):
             if prediction is not None:
                 task["predictions"] = [prediction]

@@ -159,26 +159,36 @@ def rollback(spec: ProjectSpec, tracking_uri: str, version: str, actor: str) -> 
     move_champion(client, spec.model.name, version, f"rollback to version {version}", actor)
 
 
+def _prelabels_marker(spec: ProjectSpec) -> Any:
+    return storage_path(spec.storage_uri, spec.source.conn_id) / "model" / "prelabels.json"
+
+
+def queue_generation(spec: ProjectSpec) -> int:
+    """How many champions have ordered the labeling queue (0 before the first refresh)."""
+    return int((read_json(_prelabels_marker(spec), {}) or {}).get("generation", 0))
+
+
 def refresh_prelabels(spec: ProjectSpec, hook: LabelStudioHook, tracking_uri: str, batch_size: int = 500) -> dict[str, Any]:
-    """Re-predict the project's unannotated tasks with the champion and re-order the head of the
-    labeling queue by its uncertainty, once per champion version.
+    """Re-predict the project's unannotated tasks with the champion and put its most uncertain
+    first in the labeling queue, once per champion version.
 
     Resumable: the marker records the last task id whose prediction was imported, so a re-run
-    after a crash imports no prediction twice; re-ordering re-reads the stored priorities.
+    after a crash imports no prediction twice; re-ordering skips priorities already written.
     """
     from labelloop.model.prelabel import load_champion
     from labelloop.ordering import priorities, reorder
 
-    root = storage_path(spec.storage_uri, spec.source.conn_id)
-    marker_path = root / "model" / "prelabels.json"
+    marker_path = _prelabels_marker(spec)
     champion = load_champion(spec, tracking_uri)
     if champion is None:
         return {"refreshed": 0, "reason": "no champion"}
     model_version, predict = champion
     marker = read_json(marker_path, {}) or {}
     if marker.get("model_version") != model_version:
-        marker = {"model_version": model_version, "predicted_through": 0, "done": False}
-    if marker.get("done"):
+        marker = {"model_version": model_version, "generation": int(marker.get("generation", 0)) + 1,
+                  "predicted_through": 0, "done": False}
+        write_json(marker_path, marker)
+    if marker.get("done") or "predicted_through" not in marker:  # (no such field: written by an older labelloop)
         return {"refreshed": 0, "model_version": model_version, "reason": "already refreshed for this version"}
     project = hook.find_project(spec.title)
     unlabeled = json.dumps({"filters": {"conjunction": "and", "items": [
@@ -195,17 +205,19 @@ def refresh_prelabels(spec: ProjectSpec, hook: LabelStudioHook, tracking_uri: st
         if new:
             hook.client.projects.import_predictions(project.id, request=new)
             imported += len(new)
-            write_json(marker_path, {**marker, "predicted_through": chunk[-1].id})
             marker["predicted_through"] = chunk[-1].id
+            write_json(marker_path, marker)
     if tasks:  # Label Studio refuses a model_version no prediction carries
         hook.client.projects.update(project.id, model_version=model_version)
     stratum = spec.annotation.stratify_by
     fresh = priorities([task.data.get(HASH_FIELD, f"task-{task.id}") for task in tasks], predictions,
                        random_share=spec.annotation.random_share, n_labels=len(spec.labels),
-                       strata=[task.data.get(stratum) for task in tasks] if stratum else None)
+                       strata=[task.data.get(stratum) for task in tasks] if stratum else None,
+                       generation=marker["generation"])
     updates = reorder({task.id: task.data.get(PRIORITY_FIELD) for task in tasks},
                       {task.id: value for task, value in zip(tasks, fresh)}, spec.annotation.reorder_on_promotion)
     data = {task.id: task.data for task in tasks}
     hook.update_task_data({task_id: {**data[task_id], PRIORITY_FIELD: value} for task_id, value in updates.items()})
     write_json(marker_path, {**marker, "done": True, "tasks": len(tasks)})
-    return {"refreshed": imported, "reordered": len(updates), "model_version": model_version}
+    return {"refreshed": imported, "reordered": len(updates), "generation": marker["generation"],
+            "model_version": model_version}
