@@ -177,11 +177,12 @@ def run_loop(config: StackConfig, spec: ProjectSpec, airflow: Airflow) -> None:
     from labelloop.simulate import label_queue
 
     prefix = spec.dag_prefix
-    # Unpaused from the start, so each Asset event (ingest -> collect -> audit -> retrain) starts
-    # the next DAG, as it would in production; the demo only triggers setup, ingest and collect.
-    for stage in ("setup", "ingest", "collect", "audit", "retrain", "registry_watch"):
-        airflow.unpause(f"{prefix}__{stage}")
+    # Setup first: an unpaused ingest schedules a run at once. Then everything is unpaused, so each
+    # Asset event (ingest -> collect -> audit -> retrain) starts the next DAG, as in production;
+    # the demo only triggers setup, ingest and collect.
     airflow.run(f"{prefix}__setup")
+    for stage in ("ingest", "collect", "audit", "retrain", "registry_watch"):
+        airflow.unpause(f"{prefix}__{stage}")
     hook = LabelStudioHook()
     lines = DEMO_DATA.read_text().splitlines()
     for number, chunk in enumerate((lines[:ROUND_SPLIT], lines[ROUND_SPLIT:]), start=1):

@@ -114,11 +114,35 @@ class LabelStudioHook(BaseHook):
         """Create the project or bring its settings to ``settings_``; returns (project, created)."""
         project = self.find_project(title)
         if project is None:
-            return self.client.projects.create(title=title, **settings_), True
+            # No retry: a retried POST whose first answer was lost would leave a second project.
+            created = self.client.projects.create(title=title, **settings_, request_options={"max_retries": 0})
+            project = self._settle_concurrent_creates(title)
+            if project.id == created.id:
+                return created, True
         changed = {key: value for key, value in settings_.items() if getattr(project, key, None) != value}
         if changed:
             project = self.client.projects.update(project.id, **changed)
         return project, False
+
+    def _settle_concurrent_creates(self, title: str) -> Any:
+        """Titles are not unique in Label Studio, and two workers may create the same project at
+        once (a scheduled ingest and the setup DAG; Label Studio on SQLite even repeats a create
+        that hit a lock). Every creator keeps the oldest and deletes the newer empty copies."""
+        from label_studio_sdk.core.api_error import ApiError
+
+        same = sorted((project for project in self.client.projects.list(title=title, page_size=100)
+                       if project.title == title), key=lambda project: project.id)
+        for extra in same[1:]:
+            if extra.task_number:
+                continue  # has work in it: find_project will refuse the duplicate title clearly
+            self.log.warning("project %r was created more than once: keeping id %s, deleting id %s",
+                             title, same[0].id, extra.id)
+            try:
+                self.client.projects.delete(extra.id)
+            except ApiError as error:
+                if error.status_code != 404:  # another creator deleted it first
+                    raise
+        return same[0]
 
     def ensure_view(self, project_id: int, title: str, ordering: list[str]) -> int:
         """A Data Manager tab with this title and ordering (created once, then left to people)."""
