@@ -2,7 +2,8 @@
 
 Simulated annotators are real Label Studio users (3 per item, accuracies 0.75-0.95); the
 truth is the SMS collection's own labels, so the model's quality can be checked on
-messages that never entered training.
+messages that never entered training. The pre-label backend runs from before the first model
+and must end up serving the last champion, in the same process.
 """
 
 from __future__ import annotations
@@ -10,16 +11,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 from mlflow import MlflowClient
 
-from labelloop.simulate import label_queue
 from labelloop.model.prelabel import CHAMPION
+from labelloop.serving.backend import backend_server
+from labelloop.simulate import label_queue
 from labelloop.spec import load_spec
+from labelloop.stack import free_port
+
+from tests.integration.test_backend import served_version, wait_until
 
 pytestmark = pytest.mark.integration
 SMS = Path(__file__).resolve().parents[2] / "include" / "demo" / "sms-spam" / "messages.jsonl"
 ACCURACIES = [0.75, 0.8, 0.85, 0.9, 0.95]
+BACKEND_TOKEN = "loop-backend-token-0123456789abcdef"
 
 
 def _version(prediction) -> str:
@@ -57,7 +64,24 @@ def _score(prediction) -> float:
     return prediction["score"] if isinstance(prediction, dict) else prediction.score
 
 
-def test_loop_promotes_only_better_models(run_dag, labelstudio_hook, mlflow_server, make_spec, tmp_path) -> None:
+@pytest.fixture
+def backend(mlflow_server, session_dir):
+    """Start the pre-label backend for a spec before it has any model; stopped after the test."""
+    started = []
+
+    def start(spec_path: Path):
+        server = backend_server(session_dir / "loop-backend", free_port(), load_spec(spec_path).name, BACKEND_TOKEN,
+                                mlflow_server.url, projects_dir=spec_path.parent, poll_seconds=1).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def test_loop_promotes_only_better_models(run_dag, labelstudio_hook, mlflow_server, make_spec, tmp_path,
+                                          backend) -> None:
     lines = SMS.read_text().splitlines()
     write_raw(tmp_path / "raw", "round1.jsonl", lines[:2500])
     path = make_spec(annotation={"annotators_per_task": 3, "gold_fraction": 0.12, "reorder_on_promotion": 300},
@@ -66,6 +90,8 @@ def test_loop_promotes_only_better_models(run_dag, labelstudio_hook, mlflow_serv
                             "promotion_margin": 0.0, "min_score": 0.85})
     spec = load_spec(path)
     client = MlflowClient()
+    server = backend(path)  # serving from the start: no model yet, then whatever becomes champion
+    assert served_version(server.url) is None
 
     # Round 1: no model yet; random order.
     assert run_dag(path, "ingest").state == "success"
@@ -76,6 +102,8 @@ def test_loop_promotes_only_better_models(run_dag, labelstudio_hook, mlflow_serv
     first = client.get_model_version_by_alias(spec.model.name, CHAMPION)
     assert first.version == "1"
     assert client.get_model_version(spec.model.name, "1").tags["validation_status"] == "approved"
+
+    wait_until(lambda: served_version(server.url) == f"{spec.model.name}:1", 30, "the backend to serve v1")
 
     # The refresh put the champion's pre-labels on the unlabeled tasks.
     unlabeled = [t for t in labelstudio_hook.iter_tasks(project.id, fields="all") if not t.annotations]
@@ -129,3 +157,12 @@ def test_loop_promotes_only_better_models(run_dag, labelstudio_hook, mlflow_serv
     assert held_out_metrics["f1_spam"] >= 0.92
     assert [entry["version"] for entry in champion_history(client, spec.model.name)] == (
         ["1", "2"] if promoted else ["1"])
+
+    # The backend that started before any model serves the champion now, without a restart.
+    pid = server.process.pid
+    wanted = f"{spec.model.name}:{champion.version}"
+    wait_until(lambda: served_version(server.url) == wanted, 30, f"the backend to serve {wanted}")
+    answer = httpx.post(f"{server.url}/predict", auth=httpx.BasicAuth("labelloop", BACKEND_TOKEN), timeout=30,
+                        json={"tasks": [{"id": 1, "data": {"text": held_out[0]["text"]}}]}).json()["results"][0]
+    assert answer["model_version"] == wanted
+    assert server.process.pid == pid and server.process.poll() is None
