@@ -60,15 +60,16 @@ def test_paging_and_exactly_once_import(labelstudio_hook) -> None:
 
 
 def test_concurrent_creates_leave_one_project(labelstudio_hook) -> None:
-    """Label Studio titles are not unique: two DAGs that create the same project at once (a
-    scheduled ingest and the setup DAG, say) must still end with exactly one."""
+    """Label Studio titles are not unique: DAGs that create the same project at once (a scheduled
+    ingest and the setup DAG, say) must still end with exactly one. Eight at once make Label
+    Studio on SQLite answer some creates with a 500 (database locked) or create twice."""
     import threading
     import uuid
     from concurrent.futures import ThreadPoolExecutor
 
     title = f"race {uuid.uuid4().hex[:8]}"
-    start = threading.Barrier(4)
-    hooks = [LabelStudioHook() for _ in range(4)]
+    start = threading.Barrier(8)
+    hooks = [LabelStudioHook() for _ in range(8)]
     for hook in hooks:
         hook.client.projects.list(page_size=1)  # connected before the race starts
 
@@ -76,7 +77,7 @@ def test_concurrent_creates_leave_one_project(labelstudio_hook) -> None:
         start.wait()
         return hook.upsert_project(title, label_config=CONFIG)[0].id
 
-    with ThreadPoolExecutor(4) as pool:
+    with ThreadPoolExecutor(8) as pool:
         ids = list(pool.map(create, hooks))
     remaining = [p.id for p in labelstudio_hook.client.projects.list(title=title) if p.title == title]
     assert len(remaining) == 1 and set(ids) == set(remaining)

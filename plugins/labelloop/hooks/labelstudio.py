@@ -101,8 +101,7 @@ class LabelStudioHook(BaseHook):
 
     def find_project(self, title: str) -> Any | None:
         """The project with exactly this title (titles are how specs name projects)."""
-        matches = [project for project in self.client.projects.list(title=title, page_size=100)
-                   if project.title == title]
+        matches = self._titled(title)
         if len(matches) > 1:
             raise LabelStudioError(
                 f"{len(matches)} projects are titled {title!r} (ids {[p.id for p in matches]}); "
@@ -114,15 +113,34 @@ class LabelStudioHook(BaseHook):
         """Create the project or bring its settings to ``settings_``; returns (project, created)."""
         project = self.find_project(title)
         if project is None:
-            # No retry: a retried POST whose first answer was lost would leave a second project.
-            created = self.client.projects.create(title=title, **settings_, request_options={"max_retries": 0})
+            created = self._create_project(title, settings_)
             project = self._settle_concurrent_creates(title)
-            if project.id == created.id:
+            if created is not None and project.id == created.id:
                 return created, True
         changed = {key: value for key, value in settings_.items() if getattr(project, key, None) != value}
         if changed:
             project = self.client.projects.update(project.id, **changed)
         return project, False
+
+    def _titled(self, title: str) -> list[Any]:
+        """Projects with exactly this title, oldest first."""
+        return sorted((project for project in self.client.projects.list(title=title, page_size=100)
+                       if project.title == title), key=lambda project: project.id)
+
+    def _create_project(self, title: str, settings_: dict[str, Any], attempts: int = 5) -> Any | None:
+        """POST the project without the SDK's blind retry, which could leave a second one: after a
+        transient failure, look first whether it landed. None when it did (its answer was lost)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self.client.projects.create(title=title, **settings_, request_options={"max_retries": 0})
+            except Exception as error:
+                if not _transient(error) or attempt == attempts:
+                    raise
+                if self._titled(title):
+                    return None
+                self.log.warning("creating project %r: %s; retrying (attempt %d)", title, error, attempt)
+                time.sleep(min(2.0**attempt, 30.0))
+        return None
 
     def _settle_concurrent_creates(self, title: str) -> Any:
         """Titles are not unique in Label Studio, and two workers may create the same project at
@@ -130,8 +148,7 @@ class LabelStudioHook(BaseHook):
         that hit a lock). Every creator keeps the oldest and deletes the newer empty copies."""
         from label_studio_sdk.core.api_error import ApiError
 
-        same = sorted((project for project in self.client.projects.list(title=title, page_size=100)
-                       if project.title == title), key=lambda project: project.id)
+        same = self._titled(title)
         for extra in same[1:]:
             if extra.task_number:
                 continue  # has work in it: find_project will refuse the duplicate title clearly
@@ -169,6 +186,16 @@ class LabelStudioHook(BaseHook):
     ) -> Iterator[Any]:
         """Every task of a project (the SDK pager follows the pages), optionally filtered."""
         yield from self.client.tasks.list(project=project_id, query=query, fields=fields, page_size=page_size)
+
+    def iter_unlabeled_tasks(self, project_id: int) -> Iterator[Any]:
+        """Tasks with no submitted (not skipped) annotation, judged from the annotations themselves.
+
+        (A Data Manager filter on ``total_annotations == 0`` once returned every task of a project
+        whose 250 tasks had 3 answers each, right after they were submitted concurrently.)
+        """
+        for task in self.iter_tasks(project_id, fields="all"):
+            if not any(not _field(annotation, "was_cancelled") for annotation in task.annotations or []):
+                yield task
 
     def update_task_data(self, data: dict[int, dict[str, Any]], workers: int = 4) -> None:
         """Replace the data of these tasks (task id -> whole data): one PATCH each, a few at a time."""
@@ -297,6 +324,11 @@ class LabelStudioHook(BaseHook):
         if lead_time is not None:
             kwargs["lead_time"] = lead_time
         return self.client.annotations.create(task_id, **kwargs)
+
+
+def _field(item: Any, name: str) -> Any:
+    """A field of an SDK object or of the plain dict some list endpoints return."""
+    return item.get(name) if isinstance(item, dict) else getattr(item, name, None)
 
 
 def _transient(error: Exception) -> bool:

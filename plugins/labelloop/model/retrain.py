@@ -191,9 +191,7 @@ def refresh_prelabels(spec: ProjectSpec, hook: LabelStudioHook, tracking_uri: st
     if marker.get("done") or "predicted_through" not in marker:  # (no such field: written by an older labelloop)
         return {"refreshed": 0, "model_version": model_version, "reason": "already refreshed for this version"}
     project = hook.find_project(spec.title)
-    unlabeled = json.dumps({"filters": {"conjunction": "and", "items": [
-        {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}]}})
-    tasks = sorted(hook.iter_tasks(project.id, query=unlabeled), key=lambda task: task.id)
+    tasks = sorted(hook.iter_unlabeled_tasks(project.id), key=lambda task: task.id)
     predictions: list[dict[str, Any]] = []
     imported = 0
     for start in range(0, len(tasks), batch_size):
