@@ -176,7 +176,6 @@ def refresh_prelabels(spec: ProjectSpec, hook: LabelStudioHook, tracking_uri: st
     after a crash imports no prediction twice; re-ordering skips priorities already written.
     """
     from labelloop.model.prelabel import load_champion
-    from labelloop.ordering import priorities, reorder
 
     marker_path = _prelabels_marker(spec)
     champion = load_champion(spec, tracking_uri)
@@ -207,15 +206,24 @@ def refresh_prelabels(spec: ProjectSpec, hook: LabelStudioHook, tracking_uri: st
             write_json(marker_path, marker)
     if tasks:  # Label Studio refuses a model_version no prediction carries
         hook.client.projects.update(project.id, model_version=model_version)
+    reordered = _reorder_queue_head(spec, hook, tasks, predictions, marker["generation"])
+    write_json(marker_path, {**marker, "done": True, "tasks": len(tasks)})
+    return {"refreshed": imported, "reordered": reordered, "generation": marker["generation"],
+            "model_version": model_version}
+
+
+def _reorder_queue_head(spec: ProjectSpec, hook: LabelStudioHook, tasks: list[Any],
+                        predictions: list[dict[str, Any]], generation: int) -> int:
+    """Write the new champion's priorities for the head of the queue; returns how many changed."""
+    from labelloop.ordering import priorities, reorder
+
     stratum = spec.annotation.stratify_by
     fresh = priorities([task.data.get(HASH_FIELD, f"task-{task.id}") for task in tasks], predictions,
                        random_share=spec.annotation.random_share, n_labels=len(spec.labels),
                        strata=[task.data.get(stratum) for task in tasks] if stratum else None,
-                       generation=marker["generation"])
+                       generation=generation)
     updates = reorder({task.id: task.data.get(PRIORITY_FIELD) for task in tasks},
                       {task.id: value for task, value in zip(tasks, fresh)}, spec.annotation.reorder_on_promotion)
     data = {task.id: task.data for task in tasks}
     hook.update_task_data({task_id: {**data[task_id], PRIORITY_FIELD: value} for task_id, value in updates.items()})
-    write_json(marker_path, {**marker, "done": True, "tasks": len(tasks)})
-    return {"refreshed": imported, "reordered": len(updates), "generation": marker["generation"],
-            "model_version": model_version}
+    return len(updates)
