@@ -196,3 +196,39 @@ def test_empty_project_gives_an_empty_snapshot_and_nothing_to_audit(run_dag, lab
     audit = run_dag(path, "audit")
     assert task_states(audit) == {"audit": "skipped", "route": "skipped", "gate": "skipped"}
     assert asset_events(quality_passed_asset(spec).name) == 0
+
+
+def test_simulate_cli_labels_the_queue_with_the_skills_given(labelstudio_hook, make_spec, tmp_path,
+                                                             monkeypatch, capsys) -> None:
+    """`python -m labelloop simulate` on a real project: one perfect annotator and one who
+    always answers "spam"; a dead server is a one-line error."""
+    hook = labelstudio_hook
+    write_sms(tmp_path / "raw", per_label=10)
+    path = make_spec()
+    spec = load_spec(path)
+    project_id, _ = ensure_project(hook, spec)
+    assert Ingest(spec, hook, "manual__seed").run(project_id)["imported"] == 20
+    monkeypatch.setenv("LABELLOOP_PROJECTS_DIR", str(path.parent))
+    always_spam = tmp_path / "always-spam.json"
+    always_spam.write_text(json.dumps({"ham": {"spam": 1.0}, "spam": {"spam": 1.0}}))
+    prefix = f"cli-{spec.name[-6:]}"
+    args = ["--project", spec.name, "--count", "8", "--skills", "1.0", str(always_spam),
+            "--per-task", "2", "--prefix", prefix]
+
+    assert simulate.main(args) == 0
+    assert "answered 16 times" in capsys.readouterr().out
+    users = {u.id: u.username for u in simulate.ensure_annotators(hook, 2, prefix)}
+    tasks = list(hook.iter_tasks(project_id, fields="all"))
+    labeled = [task for task in tasks if task.annotations]
+    assert len(labeled) == 8
+    for task in labeled:
+        answers = {users[a["completed_by"]]: a["result"][0]["value"]["choices"][0] for a in task.annotations}
+        assert answers == {f"{prefix}-01": task.meta["label"], f"{prefix}-02": "spam"}
+    assert simulate.main(args) == 0  # the next 8 of the queue, not the same ones again
+    assert sum(bool(task.annotations) for task in hook.iter_tasks(project_id, fields="all")) == 16
+
+    dead = {"conn_type": "labelstudio", "host": "http://127.0.0.1:9", "password": "x"}
+    monkeypatch.setenv("AIRFLOW_CONN_LABELSTUDIO_DEFAULT", json.dumps(dead))
+    capsys.readouterr()
+    assert simulate.main(args) == 1
+    assert "error: Label Studio at http://127.0.0.1:9" in capsys.readouterr().err
