@@ -5,9 +5,10 @@
 
 What runs: a real MLflow server (``labelloop.stack.mlflow_server``, SQLite, one worker) and
 the backend exactly as the stack runs it (``backend_server``: uvicorn, ONE worker, in a
-subprocess on a free port). The served champion is the default text model the retrain DAG
-trains (word 1-2-gram + char 2-5-gram TF-IDF, logistic regression), fitted on the real SMS
-messages (``include/demo/sms-spam/messages.jsonl``) and registered as ``@champion``.
+subprocess on a free port). The served champion is what the retrain DAG produces: the spec's
+model (by default word 1-2-gram + char 2-5-gram TF-IDF into a calibrated linear SVM) fitted on
+the real SMS messages (``include/demo/sms-spam/messages.jsonl``), logged and registered by
+``log_candidate`` and made ``@champion`` by ``move_champion``, the retrain DAG's own functions.
 
 What is timed: one client (httpx, keep-alive, Basic auth as Label Studio sends it) posts
 ``/predict`` requests one after another, each carrying B tasks shaped like the ones Label
@@ -38,7 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "plugins"))
 
 from labelloop.serving.backend import backend_server  # noqa: E402
-from labelloop.spec import load_spec  # noqa: E402
+from labelloop.spec import Model, load_spec  # noqa: E402
 from labelloop.stack import free_port, mlflow_server  # noqa: E402
 
 SMS = REPO / "include" / "demo" / "sms-spam" / "messages.jsonl"
@@ -46,24 +47,23 @@ SPEC = REPO / "include" / "projects" / "sms_spam.yaml"
 TOKEN = "bench-backend-token-0123456789abcdef"
 
 
-def register_champion(tracking_uri: str, name: str, texts: list[str], labels: list[str]) -> str:
+def register_champion(tracking_uri: str, model: Model, records: list[dict[str, Any]]) -> str:
+    """Train, log and promote exactly as the retrain DAG does (a tenth of the messages is the evaluation set)."""
     import mlflow
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline, make_union
+    import pandas as pd
 
-    features = make_union(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
-                          TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True))
-    model = make_pipeline(features, LogisticRegression(C=10, max_iter=1000)).fit(texts, labels)
+    from labelloop.model.registry import log_candidate, move_champion
+    from labelloop.model.train import fit
+
+    frame = pd.DataFrame(records)[["text", "label"]]
+    train, evaluation = frame.iloc[len(frame) // 10:], frame.iloc[: len(frame) // 10]
     mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment("bench-backend")
-    with mlflow.start_run(), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name,
-                                        pip_requirements=["scikit-learn"])
-    version = str(info.registered_model_version)
-    mlflow.MlflowClient(tracking_uri).set_registered_model_alias(name, "champion", version)
-    return version
+        version, _ = log_candidate(model, fit(model, train["text"], train["label"]), train, evaluation,
+                                   {"snapshot": str(SMS)}, "bench-backend")
+    move_champion(mlflow.MlflowClient(), model.name, version.version, "benchmark", "bench_backend.py")
+    return str(version.version)
 
 
 def task(task_id: int, text: str) -> dict[str, Any]:
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             mlflow.start()
             print(f"mlflow up in {time.monotonic() - started:.0f} s", flush=True)
             started = time.monotonic()
-            version = register_champion(mlflow.url, name, texts, [record["label"] for record in records])
+            version = register_champion(mlflow.url, spec.model.model_copy(update={"name": name}), records)
             print(f"registered {name}:{version} in {time.monotonic() - started:.1f} s", flush=True)
             # The spec names sms_spam_prelabel; serve the bench model under the same spec.
             projects = state / "projects"
