@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -66,10 +67,14 @@ def log_candidate(model: Model, pipeline: Any, train: pd.DataFrame, evaluation: 
     metrics = evaluate(pipeline, evaluation["text"], evaluation["label"])
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=f"train-{lineage.get('snapshot_run', 'manual')}") as run:
-        mlflow.log_input(mlflow.data.from_pandas(train, source=lineage["snapshot"], targets="label",
-                                                 name="training"), context="training")
-        mlflow.log_input(mlflow.data.from_pandas(evaluation, source=lineage["snapshot"], targets="label",
-                                                 name="gold-evaluation"), context="evaluation")
+        with warnings.catch_warnings():
+            # MLflow 3.17 registers its local-file source class twice and then warns, on every
+            # file:// URI, that the source "can be interpreted in multiple ways" (both are the same).
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            mlflow.log_input(mlflow.data.from_pandas(train, source=lineage["snapshot"], targets="label",
+                                                     name="training"), context="training")
+            mlflow.log_input(mlflow.data.from_pandas(evaluation, source=lineage["snapshot"], targets="label",
+                                                     name="gold-evaluation"), context="evaluation")
         mlflow.log_params({"estimator": model.estimator or "calibrated LinearSVC", **model.params,
                            "n_train": len(train), "n_eval": len(evaluation)})
         mlflow.log_metrics(numeric(metrics))
