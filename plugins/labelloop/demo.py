@@ -62,7 +62,8 @@ class Airflow:
         deadline = time.monotonic() + timeout
         while (state := self.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")["state"]) not in {"success", "failed"}:
             if time.monotonic() > deadline:
-                raise StackError(f"{dag_id} run {run_id} still {state} after {timeout:.0f} s")
+                raise StackError(f"{dag_id} run {run_id} still {state} after {timeout:.0f} s; "
+                                 f"its tasks: {self.task_states(dag_id, run_id)}")
             time.sleep(2)
         if state == "failed":
             failed = [task for task, task_state in self.task_states(dag_id, run_id).items() if task_state == "failed"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -82,30 +82,36 @@ def approval_stack(labelstudio: Any, mlflow_server: Any, tmp_path_factory: pytes
     server.env["LABELLOOP_PROJECTS_DIR"] = str(spec_path.parent)
     server.start()
     try:
-        yield load_spec(spec_path), Airflow(server.url)
+        yield load_spec(spec_path), Airflow(server.url), server.log_path
     finally:
         server.stop()
 
 
-def answer(airflow: Airflow, dag_id: str, run_id: str, option: str) -> dict[str, Any]:
-    """Answer the approval once it waits, no faster than a person could.
+def answer(airflow: Airflow, scheduler_log: Path, dag_id: str, run_id: str, option: str) -> dict[str, Any]:
+    """Answer the approval once the scheduler has seen the task park, as a person's answer would.
 
-    Airflow 3.3.2 race (seen in this test): an answer that lands within about a second of the
-    task parking, before the scheduler has handled the executor's report of the park, makes the
-    scheduler count the task as killed externally and retry it, which asks again. A person
-    cannot answer that fast; a script can, so this waits until the question is 5 s old.
+    Airflow 3.3.2 race (seen in this test): the parked task's process reports its exit to the
+    scheduler a second or, on a busy machine, more than six seconds later. An answer that lands
+    before that report is handled makes the scheduler queue the resume under the same
+    try number, then read the late report as the resumed task dying ("task state changed
+    externally"): it retries and asks again. A person cannot answer that fast; a script can,
+    so this waits for the scheduler's own log line about that report.
     """
     airflow.wait_for_task(dag_id, run_id, "approve", {"awaiting_input"})
-    url = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails"
-    detail = airflow.call("GET", url)
-    age = (datetime.now(timezone.utc) - datetime.fromisoformat(detail["created_at"])).total_seconds()
-    time.sleep(max(0.0, 5.0 - age))
+    ti = airflow.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/approve")
+    parked = (f"Received executor event with state success for task instance TaskInstanceKey(dag_id='{dag_id}', "
+              f"task_id='approve', run_id='{run_id}', try_number={ti['try_number']}")
+    deadline = time.monotonic() + 120
+    while parked not in scheduler_log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"the scheduler never saw approve park: {parked!r} not in {scheduler_log}"
+        time.sleep(0.5)
+    detail = airflow.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails")
     airflow.respond(dag_id, run_id, "approve", [option])
     return detail
 
 
 def test_promotion_waits_for_a_person_who_can_approve_or_reject(approval_stack: Any, labelstudio_hook: Any) -> None:
-    spec, airflow = approval_stack
+    spec, airflow, scheduler_log = approval_stack
     dag_id = f"{spec.dag_prefix}__retrain"
     client = MlflowClient()
     ensure_project(labelstudio_hook, spec)  # the refresh after a promotion re-predicts its tasks
@@ -117,7 +123,7 @@ def test_promotion_waits_for_a_person_who_can_approve_or_reject(approval_stack: 
     run_id = airflow.trigger(dag_id)
     airflow.wait_for_task(dag_id, run_id, "approve", {"awaiting_input"})
     assert not _has_champion(client, spec.model.name)  # nothing moves before the answer
-    detail = answer(airflow, dag_id, run_id, "Approve")
+    detail = answer(airflow, scheduler_log, dag_id, run_id, "Approve")
     assert detail["subject"] == f"Promote {spec.model.name} version 1?"
     assert "| metric | candidate | champion |" in detail["body"] and "MLflow run:" in detail["body"]
     assert detail["options"] == ["Approve", "Reject"] and detail["defaults"] == ["Reject"]
@@ -135,7 +141,7 @@ def test_promotion_waits_for_a_person_who_can_approve_or_reject(approval_stack: 
     airflow.wait_for_task(dag_id, run_id, "approve", {"awaiting_input"})
     candidate = client.get_model_version(spec.model.name, "2")
     assert float(candidate.tags["candidate_score"]) >= float(candidate.tags["champion_score"]) + 0.01
-    answer(airflow, dag_id, run_id, "Reject")
+    answer(airflow, scheduler_log, dag_id, run_id, "Reject")
     assert airflow.wait_for_run(dag_id, run_id, timeout=300) == "success"
     states = airflow.task_states(dag_id, run_id)
     assert (states["promote"], states["refresh"], states["record_rejection"]) == ("skipped", "skipped", "success")
