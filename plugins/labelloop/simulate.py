@@ -18,11 +18,13 @@ import sys
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labelloop.collect.export import annotator_of, choice_result
-from labelloop.hooks.labelstudio import LabelStudioHook
 from labelloop.spec import ProjectSpec
+
+if TYPE_CHECKING:  # importing Airflow creates its home folder: the CLI sets AIRFLOW_HOME first
+    from labelloop.hooks.labelstudio import LabelStudioHook
 
 #: (task id, Label Studio user id, label)
 Answer = tuple[int, int, str]
@@ -195,11 +197,13 @@ def main(argv: list[str]) -> int:
     if conn_var not in os.environ:
         from labelloop.stack import StackConfig
 
-        os.environ[conn_var] = json.dumps(StackConfig().connections()[settings.LABELSTUDIO_CONN_ID])
+        config = StackConfig()
+        os.environ[conn_var] = json.dumps(config.connections()[settings.LABELSTUDIO_CONN_ID])
+        os.environ.setdefault("AIRFLOW_HOME", str(config.state_dir / "airflow"))  # not ~/airflow
     import httpx
     from label_studio_sdk.core.api_error import ApiError
 
-    from labelloop.hooks.labelstudio import LabelStudioError
+    from labelloop.hooks.labelstudio import LabelStudioError, LabelStudioHook
 
     hook = LabelStudioHook()
     try:
