@@ -13,7 +13,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, task
 
-from labelloop.spec import ProjectSpec, load_specs
+from labelloop.spec import ProjectSpec, SpecError, load_specs
 
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
 DEFAULT_ARGS = {"owner": "labelloop", "retries": 3, "retry_delay": timedelta(seconds=30),
@@ -386,11 +386,22 @@ def rollback_dag(spec: ProjectSpec) -> DAG:
 
 
 def build_dags(folder: Path | None = None) -> dict[str, DAG]:
+    """The DAGs of every valid spec. Broken specs are left out here and reported by
+    ``check_specs`` from a DAG file of their own, so they cannot take the others down."""
     dags: dict[str, DAG] = {}
-    for spec in load_specs(folder):
+    for spec in load_specs(folder, errors=[]):
         builders = [setup_dag, ingest_dag, collect_dag, audit_dag]
         if spec.model is not None:
             builders += [retrain_dag, registry_watch_dag, rollback_dag]
         for dag in (build(spec) for build in builders):
             dags[dag.dag_id] = dag
     return dags
+
+
+def check_specs(folder: Path | None = None) -> None:
+    """Raise one SpecError naming every broken spec: Airflow shows it as that file's import error."""
+    errors: list[SpecError] = []
+    load_specs(folder, errors=errors)
+    if errors:
+        raise SpecError(f"{len(errors)} project spec(s) are broken and have no DAGs until fixed "
+                        f"(the other projects run):\n" + "\n".join(f"- {error}" for error in errors))

@@ -277,11 +277,26 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(problems)
 
 
-def load_specs(folder: Path | None = None) -> list[ProjectSpec]:
+def load_specs(folder: Path | None = None, errors: list[SpecError] | None = None) -> list[ProjectSpec]:
+    """Every spec in the folder. With ``errors``, a broken spec (or a name two specs share) is
+    recorded there and left out instead of failing the whole folder: one team's typo must not
+    stop every other project's DAGs."""
     folder = folder or settings.projects_dir()
-    specs = [load_spec(path) for path in sorted(folder.glob("*.y*ml"))]
+    specs = []
+    for path in sorted(folder.glob("*.y*ml")):
+        try:
+            specs.append(load_spec(path))
+        except SpecError as error:
+            if errors is None:
+                raise
+            errors.append(error)
     names = [spec.name for spec in specs]
-    duplicated = {name for name in names if names.count(name) > 1}
+    duplicated = sorted({name for name in names if names.count(name) > 1})
     if duplicated:
-        raise SpecError(f"{folder}: more than one spec is named {sorted(duplicated)}; names must be unique")
-    return specs
+        error = SpecError(f"{folder}: more than one spec is named {duplicated} "
+                          f"({', '.join(str(s.spec_path) for s in specs if s.name in duplicated)}); "
+                          f"names must be unique")
+        if errors is None:
+            raise error
+        errors.append(error)
+    return [spec for spec in specs if spec.name not in duplicated]

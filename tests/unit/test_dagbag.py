@@ -47,9 +47,17 @@ def test_dags_follow_the_house_rules(no_outside_world) -> None:
             assert dag.schedule == "@hourly"
 
 
-def test_bad_spec_is_an_import_error_naming_the_file(make_spec, monkeypatch) -> None:
-    path = make_spec(labels=["ham", "eggs"])
-    monkeypatch.setenv("LABELLOOP_PROJECTS_DIR", str(path.parent))
-    errors = load_dagbag().import_errors
-    message = " ".join(errors.values())
-    assert str(path) in message and "make them the same" in message
+def test_bad_spec_is_an_import_error_naming_the_file_and_the_others_keep_their_dags(make_spec, monkeypatch) -> None:
+    good = make_spec()
+    bad = make_spec(labels=["ham", "eggs"])
+    twin_a, twin_b = make_spec(), make_spec()
+    twin_b.write_text(twin_b.read_text().replace(twin_b.stem, twin_a.stem, 1))  # two specs, one name
+    monkeypatch.setenv("LABELLOOP_PROJECTS_DIR", str(good.parent))
+    dagbag = load_dagbag()
+    assert set(dagbag.import_errors) == {str(REPO / "dags" / "labelloop_spec_check.py")}
+    message = " ".join(dagbag.import_errors.values())
+    assert "2 project spec(s) are broken" in message
+    assert str(bad) in message and "make them the same" in message
+    assert f"more than one spec is named ['{twin_a.stem}']" in message
+    assert f"labelloop__{good.stem}__ingest" in dagbag.dag_ids
+    assert not any(bad.stem in dag_id or twin_a.stem in dag_id for dag_id in dagbag.dag_ids)
