@@ -51,7 +51,8 @@ def check_skill(skill: Skill, labels: Sequence[str]) -> None:
         unknown = sorted(set(row) - set(labels) | ({right} - set(labels)))
         if unknown:
             raise ValueError(f"confusion matrix row {right!r} names labels {unknown} that are not in {list(labels)}")
-        if any(p < 0 for p in row.values()) or abs(sum(row.values()) - 1) > 1e-6:
+        numbers = all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in row.values())
+        if not numbers or any(p < 0 for p in row.values()) or abs(sum(row.values()) - 1) > 1e-6:
             raise ValueError(f"confusion matrix row {right!r} must hold probabilities that sum to 1, got {dict(row)}")
 
 

@@ -99,6 +99,7 @@ def test_dawid_skene_recovers_the_configured_confusion_matrices() -> None:
     (1.2, "between 0 and 1"),
     ({"a": {"a": 0.5, "b": 0.4}}, "sum to 1"),
     ({"a": {"a": 1.5, "b": -0.5}}, "sum to 1"),
+    ({"a": {"a": "1"}}, "sum to 1"),
     ({"a": {"z": 1.0}}, r"labels \['z'\]"),
     ({"z": {"a": 1.0}}, r"labels \['z'\]"),
 ])
