@@ -144,7 +144,6 @@ def held_out_quality(spec: ProjectSpec, uri: str) -> dict[str, Any] | None:
 
     import mlflow
 
-    from labelloop.model.prelabel import CHAMPION
     from labelloop.model.retrain import load_passed_audit, training_sets
     from labelloop.model.train import evaluate
 
@@ -215,16 +214,16 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     config = StackConfig()
     os.environ.update(airflow_env(config.state_dir, config.airflow_port, config.connections()))
-    from labelloop.spec import load_specs
+    from labelloop.spec import SpecError, spec_named
 
     try:
         up(config)
-        spec = next((s for s in load_specs() if s.name == args.project), None)
-        if spec is None or spec.model is None:
-            raise StackError(f"no spec named {args.project!r} with a model in {settings.projects_dir()}")
+        spec = spec_named(args.project)
+        if spec.model is None:
+            raise StackError(f"spec {args.project!r} has no model: section; the demo's loop retrains a model")
         run_loop(config, spec, Airflow(f"http://127.0.0.1:{config.airflow_port}"))
         quality = held_out_quality(spec, f"http://127.0.0.1:{config.mlflow_port}")
-    except (StackError, httpx.HTTPError) as error:
+    except (StackError, SpecError, httpx.HTTPError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     champion = (f"{spec.model.name} version {quality['version']}: {quality['accuracy']:.2%} accuracy, spam F1 "

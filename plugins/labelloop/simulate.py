@@ -164,7 +164,7 @@ def parse_skill(text: str) -> Skill:
 def main(argv: list[str]) -> int:
     """``python -m labelloop simulate``: simulated annotators label a project's queue (a dry run)."""
     from labelloop import settings
-    from labelloop.spec import SpecError, load_specs
+    from labelloop.spec import SpecError, spec_named
 
     parser = argparse.ArgumentParser(
         prog="python -m labelloop simulate",
@@ -183,9 +183,7 @@ def main(argv: list[str]) -> int:
     except SystemExit as exit_:
         return int(exit_.code or 0)
     try:
-        spec = next((s for s in load_specs() if s.name == args.project), None)
-        if spec is None:
-            raise ValueError(f"no spec named {args.project!r} in {settings.projects_dir()}")
+        spec = spec_named(args.project)
         if args.count < 1 or (args.per_task is not None and args.per_task < 1):
             raise ValueError("--count and --per-task must be at least 1")
         skills = [parse_skill(text) for text in args.skills]

@@ -300,3 +300,11 @@ def load_specs(folder: Path | None = None, errors: list[SpecError] | None = None
             raise error
         errors.append(error)
     return [spec for spec in specs if spec.name not in duplicated]
+
+
+def spec_named(name: str, folder: Path | None = None) -> ProjectSpec:
+    """The spec called ``name`` (for command lines that take ``--project``)."""
+    specs = {spec.name: spec for spec in load_specs(folder)}
+    if name not in specs:
+        raise SpecError(f"no spec named {name!r} in {folder or settings.projects_dir()}; known: {sorted(specs)}")
+    return specs[name]

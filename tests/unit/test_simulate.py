@@ -76,14 +76,15 @@ def test_dawid_skene_recovers_the_configured_confusion_matrices() -> None:
     answers = simulate_labels(truth, list(skills.items()), 3, ["ham", "spam"], seed=12)
     frame = pd.DataFrame(answers, columns=["item_id", "annotator_id", "label"])
     model = DawidSkene().fit(frame)
-    drawn = pd.crosstab([frame["annotator_id"], frame["label"]], frame["item_id"].map(truth))
+    true_label = frame["item_id"].map(truth)
+    drawn = pd.crosstab([frame["annotator_id"], frame["label"]], true_label)
     drawn = drawn / drawn.groupby(level=0).transform("sum")  # what each annotator really did, per true label
     for annotator, skill in skills.items():
         rows = skill if isinstance(skill, dict) else {
             right: {answer: skill if answer == right else 1 - skill for answer in ("ham", "spam")}
             for right in ("ham", "spam")}
         for right, row in rows.items():
-            n = (frame["item_id"].map(truth)[frame["annotator_id"] == annotator] == right).sum()
+            n = ((frame["annotator_id"] == annotator) & (true_label == right)).sum()
             for answer, probability in row.items():
                 # the simulator: a drawn rate is within 4 standard errors of the configured one
                 error = 4 * (probability * (1 - probability) / n) ** 0.5 + 1e-9
