@@ -70,3 +70,40 @@ def test_duplicate_names_rejected(make_spec, tmp_path: Path) -> None:
     (first.parent / "copy.yaml").write_text(first.read_text())
     with pytest.raises(SpecError, match="more than one spec is named"):
         load_specs(first.parent)
+
+
+TEXT = '<Text name="text" value="$text"/>'
+CHOICES = '<Choices name="label" toName="text"><Choice value="ham"/><Choice value="spam"/></Choices>'
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        # The silent bug: <Labels> passed, then every stage wrote and read it as choices.
+        (f'{TEXT}<Labels name="label" toName="text"><Label value="ham"/><Label value="spam"/></Labels>',
+         "<Labels name='label'> is not supported; labelloop supports <Choices> with a single choice"),
+        (f'{TEXT}<Labels name="label" toName="text"><Label value="PER"/></Labels>', "<Labels name='label'>"),
+        ('<Image name="image" value="$text"/><Polygon name="label" toName="image"/>',
+         "<Polygon name='label'> is not supported"),
+        ('<Image name="image" value="$text"/><KeyPointLabels name="label" toName="image"><Label value="a"/>'
+         '</KeyPointLabels>', "<KeyPointLabels name='label'> is not supported"),
+        (TEXT + CHOICES.replace('toName="text"', 'toName="text" choice="multiple"'),
+         "has choice='multiple' (several labels per item), which is not supported"),
+        (f'{TEXT}{CHOICES}<TextArea name="comment" toName="text"/>', "<TextArea name='comment'> is not supported"),
+        (f'{TEXT}{CHOICES}{CHOICES.replace("label", "other")}',
+         "<Choices name='other'> besides <Choices name='label'>: labelloop audits one control"),
+        (f'{TEXT}{CHOICES}{CHOICES}', "more than one control is named ['label']"),
+        (TEXT + CHOICES.replace('toName="text"', 'toName="body"'), "has toName='body', which names no object tag"),
+        (f'{TEXT}<Choices name="label" toName="text"/>', "offers 0 <Choice> value(s)"),
+        (f'{TEXT}<Choices name="label" toName="text">', "is not well-formed XML"),
+    ],
+)
+def test_labeling_config_refused_at_parse_time(make_spec, tmp_path: Path, body: str, expected: str) -> None:
+    """Anything the loop cannot carry is refused naming the file, the tag and what is supported."""
+    config = tmp_path / "config.xml"
+    config.write_text(f"<View>{body}</View>")
+    path = rewrite(make_spec, lambda raw: raw.update(labeling_config=str(config)))
+    with pytest.raises(SpecError) as error:
+        load_spec(path)
+    assert str(path) in str(error.value) and str(config) in str(error.value)
+    assert expected in str(error.value)
