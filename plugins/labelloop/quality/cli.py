@@ -1,7 +1,10 @@
 """``python -m labelloop audit LABELS.csv [--gold GOLD.csv] [--method M] [--seed N] --out DIR``
+and ``python -m labelloop audit ANSWERS.jsonl --config CONFIG.xml [--gold GOLD.jsonl] --out DIR``.
 
-Reads the CSVs, runs ``run_audit`` and writes consensus.csv, metrics.json and report.html.
-Input a person must fix ends with one line on stderr (what, where, how to fix), exit 2.
+The CSV form audits single-label classification (consensus.csv out); the JSON-lines form
+takes Label Studio results for every task type the config's controls name (consensus.jsonl
+out, in the same result format). Input a person must fix ends with one line on stderr
+(what, where, how to fix), exit 2.
 """
 
 from __future__ import annotations
@@ -38,8 +41,12 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m labelloop audit",
         description="Consensus labels, agreement metrics and an HTML report for a label CSV.",
     )
-    parser.add_argument("labels", type=Path, help="CSV with columns item_id,annotator_id,label")
-    parser.add_argument("--gold", type=Path, help="CSV with columns item_id,label")
+    parser.add_argument("labels", type=Path, help="CSV with columns item_id,annotator_id,label, or "
+                        "JSON lines of Label Studio results {item_id, annotator_id, data, result}")
+    parser.add_argument("--gold", type=Path, help="CSV with columns item_id,label (JSON lines "
+                        "{item_id, data, result} with a .jsonl answers file)")
+    parser.add_argument("--config", type=Path, help="Label Studio labeling config (XML); needed "
+                        "with JSON lines, it says each control's task type")
     parser.add_argument("--method", choices=list(METHODS), default="dawid-skene")
     parser.add_argument("--seed", type=int, default=0, help="seed of the spot-check sample")
     parser.add_argument("--out", type=Path, required=True, help="directory for the outputs")
@@ -51,6 +58,8 @@ def main(argv: list[str]) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exit_:  # argparse has printed usage and the error (or --help)
         return int(exit_.code or 0)
+    if args.labels.suffix == ".jsonl":
+        return _audit_results(args)
     files = {"labels": args.labels, "gold": args.gold}
     try:
         labels = read_csv(args.labels, COLUMNS)
@@ -73,4 +82,32 @@ def main(argv: list[str]) -> int:
     alpha = result.metrics["agreement"]["krippendorff_alpha_nominal"]
     print(f"audited {result.metrics['counts']['items']} items, Krippendorff's alpha "
           f"{'n/a' if alpha is None else f'{alpha:.3f}'}; wrote {', '.join(map(str, paths))}")  # fmt: skip
+    return 0
+
+
+def _audit_results(args: argparse.Namespace) -> int:
+    """The JSON-lines form: every control of ``--config`` audited by its task type."""
+    from labelloop.tasktypes import read_controls
+    from labelloop.tasktypes.answers import audit_answers, write_outputs
+
+    try:
+        if args.config is None:
+            raise InputError(f"{args.labels}: JSON lines need --config LABELING_CONFIG.xml, the config the "
+                             "answers were given in")
+        try:
+            xml = args.config.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise InputError(f"{args.config}: cannot read the labeling config ({error}); check the path") from None
+        controls = read_controls(xml, str(args.config))
+        audits = audit_answers(args.labels, controls, args.gold, seed=args.seed)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        paths = write_outputs(audits, controls, args.out)
+    except OSError as error:
+        print(f"error: cannot write to {args.out} ({error.strerror}); choose another --out", file=sys.stderr)
+        return 2
+    items = len({item for audit in audits for item in audit.confidence.index})
+    print(f"audited {items} items over {len(audits)} control(s); wrote {', '.join(map(str, paths))}")
     return 0

@@ -58,6 +58,23 @@ def write_audit(
 
 def render_html(metrics: dict[str, Any], history: Sequence[dict[str, Any]] = ()) -> str:
     """The report page; ``history`` (earlier metrics dicts, oldest first) adds a trend plot."""
+    title = f"Label audit {html.escape(str(metrics.get('run_id') or ''))}".strip()
+    return page(title, "".join(choice_sections(metrics, history)))
+
+
+def page(title: str, body: str) -> str:
+    """A self-contained HTML page around the report's sections (``title`` already escaped)."""
+    return (
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        "<style>body{font-family:sans-serif;max-width:70em;margin:auto;padding:1em}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;"
+        "text-align:right}img{max-width:100%}</style></head><body>"
+        f"<h1>{title}</h1>{body}</body></html>\n"
+    )
+
+
+def choice_sections(metrics: dict[str, Any], history: Sequence[dict[str, Any]] = ()) -> list[str]:
+    """The sections of one single-choice control's audit."""
     gold = metrics["gold"]
     sections = [_summary(metrics)]
     if gold:
@@ -74,14 +91,27 @@ def render_html(metrics: dict[str, Any], history: Sequence[dict[str, Any]] = ())
     if history:
         sections.append(_figure("Agreement over time", _history_plot([*history, metrics])))
     sections.append(_annotator_table(metrics["annotators"]))
-    title = f"Label audit {html.escape(str(metrics.get('run_id') or ''))}".strip()
-    return (
-        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
-        "<style>body{font-family:sans-serif;max-width:70em;margin:auto;padding:1em}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;"
-        "text-align:right}img{max-width:100%}</style></head><body>"
-        f"<h1>{title}</h1>{''.join(sections)}</body></html>\n"
-    )
+    return sections
+
+
+def table_sections(metrics: dict[str, Any]) -> list[str]:
+    """Any task type's metrics as tables: every scalar of each section, then every list of
+    rows (annotators, pairs, labels). Task types with plots of their own add them."""
+    sections = []
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            scalars = [(name, v) for name, v in value.items() if not isinstance(v, dict | list)]
+            if scalars:
+                body = "".join(f"<tr><th>{html.escape(str(n))}</th><td>{_fmt(v)}</td></tr>" for n, v in scalars)
+                sections.append(f"<h3>{html.escape(key)}</h3><table>{body}</table>")
+        elif isinstance(value, list) and value and all(isinstance(row, dict) for row in value):
+            columns = list(dict.fromkeys(name for row in value for name in row
+                                         if not isinstance(row[name], dict | list)))
+            head = "".join(f"<th>{html.escape(str(name))}</th>" for name in columns)
+            body = "".join("<tr>" + "".join(f"<td>{_fmt(row.get(name))}</td>" for name in columns) + "</tr>"
+                           for row in value)
+            sections.append(f"<h3>{html.escape(key)}</h3><table><tr>{head}</tr>{body}</table>")
+    return sections
 
 
 def _fmt(value: Any) -> str:

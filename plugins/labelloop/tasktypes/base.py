@@ -1,0 +1,106 @@
+"""What every task type is: the seam between Label Studio's result format and the quality library.
+
+A *control* is one tag of a labeling config that answers something about an object tag
+(``<Choices toName="text">``). Each kind of control has one ``TaskType`` that owns its
+results format and its audit; adding a kind means one new module and one registry line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+from xml.etree import ElementTree
+
+import pandas as pd
+
+from labelloop.quality.agreement import InputError
+
+
+@dataclass(frozen=True)
+class Control:
+    """One control tag of a labeling config, as the task types read it."""
+
+    tag: str
+    name: str
+    to_name: str
+    labels: tuple[str, ...]
+    attributes: dict[str, str] = field(default_factory=dict)
+    object_tag: str = ""  # the tag it labels: Text, Image, ...
+    object_field: str = ""  # the task-data key of that object ($text -> text)
+
+    def describe(self) -> str:
+        return f"<{self.tag} name={self.name!r}>"
+
+
+@dataclass(frozen=True)
+class ControlAudit:
+    """One control's audit. ``consensus``: tidy rows (``item_id`` and the task type's columns;
+    gold items keep their gold answer); ``confidence``: one value per item_id;
+    ``metrics``: JSON-ready, with per-annotator rows under ``annotators``."""
+
+    control: Control
+    consensus: pd.DataFrame
+    confidence: pd.Series
+    metrics: dict[str, Any]
+
+
+class TaskType:
+    """Base of the task types: one per control kind (single choice, multiple choice, spans, boxes)."""
+
+    kind: ClassVar[str]
+    #: what the type accepts, for "supported: ..." messages
+    description: ClassVar[str]
+    #: the tidy columns of one answer (besides item_id and annotator_id); NA in all of them
+    #: marks an answer with nothing in it, which is a real answer
+    columns: ClassVar[tuple[str, ...]]
+    #: whether the control must offer at least two values (TextArea offers none)
+    needs_labels: ClassVar[bool] = True
+
+    @classmethod
+    def accepts(cls, tag: ElementTree.Element, object_tag: str) -> bool:
+        raise NotImplementedError
+
+    def __init__(self, control: Control) -> None:
+        self.control = control
+
+    def answer_rows(self, results: list[dict[str, Any]], data: dict[str, Any], where: str) -> list[dict[str, Any]]:
+        """This control's part of one annotation's results as tidy rows (without ids).
+
+        ``results`` are the results of this control only; ``[]`` is the answer "nothing".
+        Raises ``InputError`` naming ``where`` for a value the config does not allow."""
+        raise NotImplementedError
+
+    def results(self, rows: pd.DataFrame) -> list[dict[str, Any]]:
+        """One item's consensus rows back as Label Studio result objects."""
+        raise NotImplementedError
+
+    def audit(self, answers: pd.DataFrame, gold: pd.DataFrame | None, *, seed: int = 0) -> ControlAudit:
+        """Agreement, consensus and gold scores of this control's answers (tidy frame)."""
+        raise NotImplementedError
+
+    def report_sections(self, metrics: dict[str, Any]) -> list[str]:
+        """This control's part of report.html: tables of its metrics unless the type draws more."""
+        from labelloop.quality.report import table_sections
+
+        return table_sections(metrics)
+
+    # -- shared helpers -------------------------------------------------------------------
+    def _result(self, result_type: str, value: dict[str, Any]) -> dict[str, Any]:
+        return {"from_name": self.control.name, "to_name": self.control.to_name, "type": result_type,
+                "value": value}
+
+    def _check_label(self, label: Any, where: str) -> str:
+        if not isinstance(label, str) or label not in self.control.labels:
+            raise InputError(f"{where}: label {label!r} is not offered by {self.control.describe()}; "
+                             f"it offers {list(self.control.labels)}")
+        return label
+
+    def _empty_row(self) -> dict[str, Any]:
+        return dict.fromkeys(self.columns)
+
+
+def number(value: Any, what: str, where: str) -> float:
+    """A JSON number (not a bool, not a string), else an error naming it."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InputError(f"{where}: {what} must be a number, got {value!r}")
+    return float(value)

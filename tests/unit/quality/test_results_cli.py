@@ -1,0 +1,99 @@
+"""``python -m labelloop audit ANSWERS.jsonl --config X.xml``: Label Studio's own result format
+in and out, each control by its task type; bad lines refused with their line number."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from labelloop.quality.audit import run_audit
+from labelloop.quality.cli import main
+
+CONFIG = ('<View><Text name="text" value="$text"/><Choices name="label" toName="text">'
+          '<Choice value="entailed"/><Choice value="not_entailed"/></Choices></View>')
+
+
+def choice(label: str, name: str = "label") -> dict:
+    return {"from_name": name, "to_name": "text", "type": "choices", "value": {"choices": [label]}}
+
+
+def write_lines(path: Path, records: list[dict | str]) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def rte_files(tmp_path: Path, rte_labels: pd.DataFrame, rte_gold: pd.Series) -> dict[str, Path]:
+    answers = [{"item_id": row.item_id, "annotator_id": row.annotator_id, "result": [choice(row.label)]}
+               for row in rte_labels.itertuples()]
+    gold = [{"item_id": item, "data": {"text": "t"}, "result": [choice(label)]}
+            for item, label in rte_gold.iloc[:60].items()]
+    return {"answers": write_lines(tmp_path / "answers.jsonl", answers),
+            "gold": write_lines(tmp_path / "gold.jsonl", gold),
+            "config": (tmp_path / "config.xml"), "out": tmp_path / "out"}
+
+
+def test_choices_in_result_format_equal_the_csv_audit(rte_files, rte_labels, rte_gold, capsys) -> None:
+    rte_files["config"].write_text(CONFIG)
+    argv = [str(rte_files["answers"]), "--config", str(rte_files["config"]), "--gold", str(rte_files["gold"]),
+            "--out", str(rte_files["out"])]
+    assert main(argv) == 0, capsys.readouterr().err
+    expected = run_audit(rte_labels, rte_gold.iloc[:60].reset_index()).consensus.set_index("item_id")
+    lines = [json.loads(line) for line in (rte_files["out"] / "consensus.jsonl").read_text().splitlines()]
+    assert len(lines) == 404
+    for line in lines:
+        assert line["result"] == [choice(expected.loc[line["item_id"], "label"])]
+        assert line["confidence"] == pytest.approx(expected.loc[line["item_id"], "confidence"], abs=1e-6)
+    metrics = json.loads((rte_files["out"] / "metrics.json").read_text())
+    assert metrics["controls"]["label"]["kind"] == "Choices"
+    assert metrics["annotators"] == metrics["controls"]["label"]["annotators"]
+    assert "<h2>&lt;Choices name=&#x27;label&#x27;&gt;</h2>" in (rte_files["out"] / "report.html").read_text()
+
+
+GOOD = {"item_id": "1", "annotator_id": "a", "result": [choice("entailed")]}
+BAD_LINES = [
+    ("{not json", "line 2: not JSON (Expecting property name enclosed in double quotes at column 2)"),
+    ("[" * 5000 + "]" * 5000, "line 2: JSON nested deeper than 32 levels"),
+    ({"item_id": "2", "annotator_id": "a", "result": [choice("maybe")]},
+     "line 2: label 'maybe' is not offered by <Choices name='label'>; it offers ['entailed', 'not_entailed']"),
+    ({"item_id": "2", "annotator_id": "a", "result": [choice("entailed", name="other")]},
+     "line 2: a result for control 'other', which the config does not have; its controls: ['label']"),
+    (GOOD, "line 2: item_id '1' annotator_id 'a' again (first at"),
+    ({"item_id": "2", "result": []}, "line 2: annotator_id must be a non-empty string, got None"),
+    ({"item_id": "2", "annotator_id": "a", "result": "entailed"}, "line 2: result must be a list"),
+    ({"item_id": "2", "annotator_id": "a", "result": [choice("entailed"), choice("not_entailed")]},
+     "line 2: <Choices name='label'> takes one choice"),
+]
+
+
+@pytest.mark.parametrize(("line", "expected"), BAD_LINES)
+def test_bad_line_exits_2_naming_the_line(tmp_path: Path, capsys, line, expected) -> None:
+    answers = write_lines(tmp_path / "answers.jsonl", [GOOD, line])
+    (tmp_path / "config.xml").write_text(CONFIG)
+    assert main([str(answers), "--config", str(tmp_path / "config.xml"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(answers) in err and expected in err, err
+
+
+@pytest.mark.parametrize(("config", "expected"), [
+    ('<View><Image name="img" value="$image"/><Polygon name="p" toName="img"/></View>',
+     "<Polygon name='p'> on <Image> is not supported; supported: <Choices> with one choice"),
+    ('<View><Text name="text" value="$text"/><Choices name="label" toName="body"><Choice value="a"/>'
+     '<Choice value="b"/></Choices></View>', "has toName='body', which names no object tag"),
+    ("<View><Text", "is not well-formed XML"),
+])
+def test_bad_config_exits_2_naming_file_and_tag(tmp_path: Path, capsys, config, expected) -> None:
+    answers = write_lines(tmp_path / "answers.jsonl", [GOOD])
+    (tmp_path / "config.xml").write_text(config)
+    assert main([str(answers), "--config", str(tmp_path / "config.xml"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "config.xml") in err and expected in err, err
+
+
+def test_json_lines_need_a_config(tmp_path: Path, capsys) -> None:
+    answers = write_lines(tmp_path / "answers.jsonl", [GOOD])
+    assert main([str(answers), "--out", str(tmp_path / "out")]) == 2
+    assert "JSON lines need --config" in capsys.readouterr().err
