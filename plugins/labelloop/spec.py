@@ -189,14 +189,17 @@ class ProjectSpec(_Strict):
         return f"labelloop__{self.name}"
 
 
+#: The task types every stage of the loop carries today (ingest, collect, audit, retrain).
+LOOP_KINDS = ("choices",)
+
+
 @dataclass(frozen=True)
 class LabelingConfig:
-    """What labelloop needs from a labeling config, read with the standard library.
+    """What the loop needs from a labeling config: its one control, read by ``tasktypes``.
 
-    Everything labelloop cannot carry through every stage is refused here, at parse time,
+    Everything the loop cannot carry through every stage is refused here, at parse time,
     naming the tag and what is supported: a control the loop would silently drop or flatten
     (spans, boxes, a multiple choice, a second control) must never reach ingest.
-    (The SDK's LabelInterface costs 1.5 s of imports; DAG parsing must stay cheap.)
     """
 
     labels: list[str]
@@ -205,57 +208,21 @@ class LabelingConfig:
 
     @classmethod
     def parse(cls, xml: str, control_name: str, where: str = "labeling config") -> LabelingConfig:
-        try:
-            root = ElementTree.fromstring(xml)
-        except ElementTree.ParseError as error:
-            raise ValueError(f"{where} is not well-formed XML: {error}") from None
-        # A control tag is any tag that labels another one (it has toName).
-        controls = [tag for tag in root.iter() if tag.get("toName") is not None]
-        for tag in controls:
-            _check_supported(tag, where)
-        names = [tag.get("name") for tag in controls]
-        repeated = sorted({name for name in names if name and names.count(name) > 1})
-        if repeated:
-            raise ValueError(f"{where}: more than one control is named {repeated}; names must be unique")
-        control = next((tag for tag in controls if tag.get("name") == control_name), None)
+        from labelloop.tasktypes import read_controls
+
+        controls = read_controls(xml, where, kinds=LOOP_KINDS)
+        control = next((t.control for t in controls if t.control.name == control_name), None)
         if control is None:
             raise ValueError(f"{where} has no <Choices name={control_name!r}>; control_name must be one of "
-                             f"{sorted(name for name in names if name)}")
-        others = [_describe_tag(tag) for tag in controls if tag is not control]
+                             f"{sorted(t.control.name for t in controls)}")
+        others = [t.control.describe() for t in controls if t.control is not control]
         if others:
-            raise ValueError(f"{where}: {', '.join(others)} besides {_describe_tag(control)}: labelloop audits "
+            raise ValueError(f"{where}: {', '.join(others)} besides {control.describe()}: the loop audits "
                              f"one control per project today, so a second control's answers would be dropped; "
                              f"remove it or move it to a project of its own")
-        labels = [choice.get("value", "") for choice in control if choice.tag == "Choice"]
-        if len(labels) < 2:
-            raise ValueError(f"{where}: {_describe_tag(control)} offers {len(labels)} <Choice> value(s); "
-                             f"give it at least two")
-        to_name = (control.get("toName") or "").split(",")[0]
-        objects = {tag.get("name") for tag in root.iter() if tag.get("value", "").startswith("$")}
-        if to_name not in objects:
-            raise ValueError(f"{where}: {_describe_tag(control)} has toName={to_name!r}, which names no object "
-                             f"tag; objects here: {sorted(name for name in objects if name)}")
+        root = ElementTree.fromstring(xml)
         variables = {tag.get("value", "")[1:] for tag in root.iter() if tag.get("value", "").startswith("$")}
-        return cls(labels, to_name, variables)
-
-
-#: The controls labelloop carries through ingest, collect, audit and retrain.
-SUPPORTED_CONTROLS = "<Choices> with a single choice (choice=\"single\" or \"single-radio\")"
-
-
-def _describe_tag(tag: ElementTree.Element) -> str:
-    name = tag.get("name")
-    return f"<{tag.tag} name={name!r}>" if name else f"<{tag.tag}>"
-
-
-def _check_supported(tag: ElementTree.Element, where: str) -> None:
-    """Refuse a control the loop cannot carry, naming it and what is supported."""
-    if tag.tag != "Choices":
-        raise ValueError(f"{where}: {_describe_tag(tag)} is not supported; labelloop supports "
-                         f"{SUPPORTED_CONTROLS}")
-    if tag.get("choice", "single") not in {"single", "single-radio"}:
-        raise ValueError(f"{where}: {_describe_tag(tag)} has choice={tag.get('choice')!r} (several labels per "
-                         f"item), which is not supported; labelloop supports {SUPPORTED_CONTROLS}")
+        return cls(list(control.labels), control.to_name, variables)
 
 
 def _read_relative(base: Path, path: Path, field: str) -> str:

@@ -81,20 +81,20 @@ CHOICES = '<Choices name="label" toName="text"><Choice value="ham"/><Choice valu
     [
         # The silent bug: <Labels> passed, then every stage wrote and read it as choices.
         (f'{TEXT}<Labels name="label" toName="text"><Label value="ham"/><Label value="spam"/></Labels>',
-         "<Labels name='label'> is not supported; labelloop supports <Choices> with a single choice"),
+         "<Labels name='label'> on <Text> is not supported; supported: <Choices> with one choice"),
         (f'{TEXT}<Labels name="label" toName="text"><Label value="PER"/></Labels>', "<Labels name='label'>"),
         ('<Image name="image" value="$text"/><Polygon name="label" toName="image"/>',
-         "<Polygon name='label'> is not supported"),
+         "<Polygon name='label'> on <Image> is not supported; supported: <Choices> with one choice"),
         ('<Image name="image" value="$text"/><KeyPointLabels name="label" toName="image"><Label value="a"/>'
-         '</KeyPointLabels>', "<KeyPointLabels name='label'> is not supported"),
+         '</KeyPointLabels>', "<KeyPointLabels name='label'> on <Image> is not supported"),
         (TEXT + CHOICES.replace('toName="text"', 'toName="text" choice="multiple"'),
-         "has choice='multiple' (several labels per item), which is not supported"),
-        (f'{TEXT}{CHOICES}<TextArea name="comment" toName="text"/>', "<TextArea name='comment'> is not supported"),
+         "<Choices name='label'> on <Text> is not supported; supported: <Choices> with one choice per item"),
+        (f'{TEXT}{CHOICES}<TextArea name="comment" toName="text"/>', "<TextArea name='comment'> on <Text> is not supported"),
         (f'{TEXT}{CHOICES}{CHOICES.replace("label", "other")}',
-         "<Choices name='other'> besides <Choices name='label'>: labelloop audits one control"),
-        (f'{TEXT}{CHOICES}{CHOICES}', "more than one control is named ['label']"),
+         "<Choices name='other'> besides <Choices name='label'>: the loop audits one control"),
+        (f'{TEXT}{CHOICES}{CHOICES}', "more than one control is named 'label'; names must be unique"),
         (TEXT + CHOICES.replace('toName="text"', 'toName="body"'), "has toName='body', which names no object tag"),
-        (f'{TEXT}<Choices name="label" toName="text"/>', "offers 0 <Choice> value(s)"),
+        (f'{TEXT}<Choices name="label" toName="text"/>', "offers 0 value(s); give it at least two"),
         (f'{TEXT}<Choices name="label" toName="text">', "is not well-formed XML"),
     ],
 )

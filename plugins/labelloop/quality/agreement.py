@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from labelloop.errors import InputError
+
 ITEM, ANNOTATOR, LABEL = "item_id", "annotator_id", "label"
 COLUMNS = (ITEM, ANNOTATOR, LABEL)
 
@@ -30,10 +32,6 @@ _SYNONYMS = {
     "worker": ANNOTATOR, "worker_id": ANNOTATOR, "annotator": ANNOTATOR,
     "rater": ANNOTATOR, "rater_id": ANNOTATOR, "completed_by": ANNOTATOR,
 }  # fmt: skip
-
-
-class InputError(ValueError):
-    """Input a person has to fix; the message says what is wrong and what is accepted."""
 
 
 def show(value: object) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from xml.etree import ElementTree
 
-from labelloop.quality.agreement import InputError
+from labelloop.errors import InputError
 
 from .base import Control, ControlAudit, TaskType
 from .choices import SingleChoice
@@ -18,16 +18,16 @@ from .choices import SingleChoice
 TASK_TYPES: tuple[type[TaskType], ...] = (SingleChoice,)
 
 
-def supported() -> str:
-    return "; ".join(task_type.description for task_type in TASK_TYPES)
+def supported(kinds: tuple[str, ...] | None = None) -> str:
+    return "; ".join(t.description for t in TASK_TYPES if kinds is None or t.kind in kinds)
 
 
-def read_controls(xml: str, where: str = "labeling config") -> list[TaskType]:
+def read_controls(xml: str, where: str = "labeling config", kinds: tuple[str, ...] | None = None) -> list[TaskType]:
     """Every control of a labeling config as its task type; anything else is refused.
 
     A control is a tag that labels another (it has ``toName``). A control no task type accepts
-    is refused naming the tag and what is supported, so nothing reaches the audit that it
-    would drop or flatten."""
+    (of ``kinds``, when given) is refused naming the tag and what is supported, so nothing
+    reaches a stage that would drop or flatten it."""
     try:
         root = ElementTree.fromstring(xml)
     except ElementTree.ParseError as error:
@@ -47,8 +47,9 @@ def read_controls(xml: str, where: str = "labeling config") -> list[TaskType]:
             raise InputError(f"{where}: {described} has toName={to_name!r}, which names no object tag; "
                              f"objects here: {sorted(str(key) for key in objects)}")
         task_type = next((kind for kind in TASK_TYPES if kind.accepts(tag, target.tag)), None)
-        if task_type is None:
-            raise InputError(f"{where}: {described} on <{target.tag}> is not supported; supported: {supported()}")
+        if task_type is None or (kinds is not None and task_type.kind not in kinds):
+            raise InputError(f"{where}: {described} on <{target.tag}> is not supported; supported: "
+                             f"{supported(kinds)}")
         labels = tuple(child.get("value", "") for child in tag if child.tag in {"Choice", "Label"})
         if task_type.needs_labels and len(labels) < 2:
             raise InputError(f"{where}: {described} offers {len(labels)} value(s); give it at least two")
@@ -56,7 +57,7 @@ def read_controls(xml: str, where: str = "labeling config") -> list[TaskType]:
             tag=tag.tag, name=name, to_name=to_name, labels=labels, attributes=dict(tag.attrib),
             object_tag=target.tag, object_field=target.get("value", "")[1:])))
     if not found:
-        raise InputError(f"{where} has no control tag (a tag with toName); supported: {supported()}")
+        raise InputError(f"{where} has no control tag (a tag with toName); supported: {supported(kinds)}")
     return found
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from labelloop.quality.agreement import InputError
+from labelloop.errors import InputError
 
 from .base import ControlAudit, TaskType
 

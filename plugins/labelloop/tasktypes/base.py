@@ -8,12 +8,13 @@ results format and its audit; adding a kind means one new module and one registr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from xml.etree import ElementTree
 
-import pandas as pd
+from labelloop.errors import InputError
 
-from labelloop.quality.agreement import InputError
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)

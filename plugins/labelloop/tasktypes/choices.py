@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree
 
-import pandas as pd
-
-from labelloop.quality.agreement import InputError
-from labelloop.quality.audit import run_audit
+from labelloop.errors import InputError
 
 from .base import ControlAudit, TaskType
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SINGLE = {"single", "single-radio"}
 
@@ -35,6 +35,8 @@ class SingleChoice(TaskType):
         return [self._result("choices", {"choices": [label]}) for label in rows["label"].dropna()]
 
     def audit(self, answers: pd.DataFrame, gold: pd.DataFrame | None, *, seed: int = 0) -> ControlAudit:
+        from labelloop.quality.audit import run_audit
+
         result = run_audit(answers, gold, seed=seed)
         confidence = result.consensus.set_index("item_id")["confidence"]
         return ControlAudit(self.control, result.consensus, confidence, result.metrics)
