@@ -13,9 +13,10 @@ from labelloop.errors import InputError
 
 from .base import Control, ControlAudit, TaskType
 from .choices import SingleChoice
+from .multichoice import MultipleChoice
 
 #: Every task type, in the order the "supported" message lists them.
-TASK_TYPES: tuple[type[TaskType], ...] = (SingleChoice,)
+TASK_TYPES: tuple[type[TaskType], ...] = (SingleChoice, MultipleChoice)
 
 
 def supported(kinds: tuple[str, ...] | None = None) -> str:

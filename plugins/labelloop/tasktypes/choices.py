@@ -26,7 +26,7 @@ class SingleChoice(TaskType):
 
     def answer_rows(self, results: list[dict[str, Any]], data: dict[str, Any], where: str) -> list[dict[str, Any]]:
         # No result for this control means the annotator did not answer it: no row.
-        chosen = [label for result in results for label in _choices(result, where)]
+        chosen = [label for result in results for label in choices_of(result, where)]
         if len(chosen) > 1:
             raise InputError(f"{where}: {self.control.describe()} takes one choice, got {chosen}")
         return [{"label": self._check_label(label, where)} for label in chosen]
@@ -47,7 +47,8 @@ class SingleChoice(TaskType):
         return choice_sections(metrics)
 
 
-def _choices(result: dict[str, Any], where: str) -> list[Any]:
+def choices_of(result: dict[str, Any], where: str) -> list[Any]:
+    """The labels of one choices result, refusing a result without a list of them."""
     choices = (result.get("value") or {}).get("choices")
     if not isinstance(choices, list):
         raise InputError(f"{where}: a choices result needs value.choices, a list of labels; got {result.get('value')!r}")
