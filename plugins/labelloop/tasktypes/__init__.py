@@ -14,9 +14,10 @@ from labelloop.errors import InputError
 from .base import Control, ControlAudit, TaskType
 from .choices import SingleChoice
 from .multichoice import MultipleChoice
+from .spans import Spans
 
 #: Every task type, in the order the "supported" message lists them.
-TASK_TYPES: tuple[type[TaskType], ...] = (SingleChoice, MultipleChoice)
+TASK_TYPES: tuple[type[TaskType], ...] = (SingleChoice, MultipleChoice, Spans)
 
 
 def supported(kinds: tuple[str, ...] | None = None) -> str:

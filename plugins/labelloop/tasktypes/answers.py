@@ -140,7 +140,8 @@ def audit_answers(answers_path: Path, controls: list[TaskType], gold_path: Path 
         if frame.empty:
             raise InputError(f"{answers_path}: no answers for {task_type.control.describe()}")
         gold_frame = None if gold is None else gold.frames[name].drop(columns="annotator_id")
-        audits.append(task_type.audit(frame, gold_frame, seed=seed))
+        data = {**(gold.data if gold else {}), **answers.data}
+        audits.append(task_type.audit(frame, gold_frame, seed=seed, data=data))
     return audits
 
 

@@ -7,6 +7,7 @@ results format and its audit; adding a kind means one new module and one registr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 from xml.etree import ElementTree
@@ -75,8 +76,10 @@ class TaskType:
         """One item's consensus rows back as Label Studio result objects."""
         raise NotImplementedError
 
-    def audit(self, answers: pd.DataFrame, gold: pd.DataFrame | None, *, seed: int = 0) -> ControlAudit:
-        """Agreement, consensus and gold scores of this control's answers (tidy frame)."""
+    def audit(self, answers: pd.DataFrame, gold: pd.DataFrame | None, *, seed: int = 0,
+              data: Mapping[str, dict[str, Any]] | None = None) -> ControlAudit:
+        """Agreement, consensus and gold scores of this control's answers (tidy frame);
+        ``data`` is the task data per item_id, for types that need the text or image size."""
         raise NotImplementedError
 
     def report_sections(self, metrics: dict[str, Any]) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree
 
@@ -34,7 +35,8 @@ class SingleChoice(TaskType):
     def results(self, rows: pd.DataFrame) -> list[dict[str, Any]]:
         return [self._result("choices", {"choices": [label]}) for label in rows["label"].dropna()]
 
-    def audit(self, answers: pd.DataFrame, gold: pd.DataFrame | None, *, seed: int = 0) -> ControlAudit:
+    def audit(self, answers: pd.DataFrame, gold: pd.DataFrame | None, *, seed: int = 0,
+              data: Mapping[str, dict[str, Any]] | None = None) -> ControlAudit:
         from labelloop.quality.audit import run_audit
 
         result = run_audit(answers, gold, seed=seed)

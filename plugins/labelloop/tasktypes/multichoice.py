@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree
 
@@ -33,7 +34,8 @@ class MultipleChoice(TaskType):
         labels = [label for label in self.control.labels if label in set(rows["label"].dropna())]
         return [self._result("choices", {"choices": labels})] if labels else []
 
-    def audit(self, answers: pd.DataFrame, gold: pd.DataFrame | None, *, seed: int = 0) -> ControlAudit:
+    def audit(self, answers: pd.DataFrame, gold: pd.DataFrame | None, *, seed: int = 0,
+              data: Mapping[str, dict[str, Any]] | None = None) -> ControlAudit:
         import pandas as pd
 
         from labelloop.quality import multilabel as ml

@@ -141,3 +141,81 @@ def test_multiple_choice_on_real_crowd_sets(tmp_path: Path, capsys) -> None:
     for item in items[:200]:
         if item["id"] in lines:
             assert lines[item["id"]]["result"] == types_result(item["gold"])
+
+
+SPAN_CONFIG = ('<View><Text name="text" value="$text"/><Labels name="ner" toName="text">'
+               + "".join(f'<Label value="{label}"/>' for label in TYPES) + "</Labels></View>")
+
+
+def span_results(spans: list, text: str) -> list[dict]:
+    return [{"from_name": "ner", "to_name": "text", "type": "labels",
+             "value": {"start": s, "end": e, "text": text[s:e], "labels": [label]}} for s, e, label in spans]
+
+
+def exact_f1(predicted: set, gold: set) -> float:
+    return 2 * len(predicted & gold) / (len(predicted) + len(gold))
+
+
+def test_spans_on_real_crowd_answers(tmp_path: Path, capsys) -> None:
+    """CoNLL-2003 MTurk spans in Label Studio's result format: consensus beats token majority
+    vote (0.653 here), and every gold score is recomputed with plain sets."""
+    crowd, items = read_jsonl(CONLL / "crowd_spans.jsonl"), read_jsonl(CONLL / "items.jsonl")
+    texts = {it["id"]: it["text"] for it in items}
+    answers = write_lines(tmp_path / "answers.jsonl", [
+        {"item_id": a["item_id"], "annotator_id": a["annotator_id"], "data": {"text": texts[a["item_id"]]},
+         "result": span_results(a["spans"], texts[a["item_id"]])} for a in crowd])
+    gold = write_lines(tmp_path / "gold.jsonl", [
+        {"item_id": it["id"], "data": {"text": it["text"]}, "result": span_results(it["gold"], it["text"])}
+        for it in items])
+    (tmp_path / "config.xml").write_text(SPAN_CONFIG)
+    out = tmp_path / "out"
+    assert main([str(answers), "--config", str(tmp_path / "config.xml"), "--gold", str(gold), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    gold_spans = {(it["id"], s, e, label) for it in items for s, e, label in it["gold"]}
+    answered = {a["item_id"] for a in crowd}
+    assert metrics["gold"]["f1"] > 0.70  # token-level majority vote: 0.653
+    errors = sum(metrics["gold"][key] for key in ("label_errors", "boundary_errors", "label_and_boundary_errors",
+                                                   "false_spans"))
+    assert metrics["gold"]["n_spans"] == metrics["gold"]["exact_matches"] + errors
+    for row in metrics["annotators"][:12]:
+        mine = [a for a in crowd if a["annotator_id"] == row["annotator_id"]]
+        predicted = {(a["item_id"], s, e, label) for a in mine for s, e, label in a["spans"]}
+        reference = {span for span in gold_spans if span[0] in {a["item_id"] for a in mine}}
+        assert row["f1"] == pytest.approx(exact_f1(predicted, reference))
+    # The consensus file is Label Studio results: offsets and text agree; gold items keep gold.
+    lines = read_jsonl(out / "consensus.jsonl")
+    assert {line["item_id"] for line in lines} == answered
+    for line in lines:
+        for result in line["result"]:
+            value = result["value"]
+            assert value["text"] == texts[line["item_id"]][value["start"]:value["end"]]
+        assert {(line["item_id"], r["value"]["start"], r["value"]["end"], r["value"]["labels"][0])
+                for r in line["result"]} == {span for span in gold_spans if span[0] == line["item_id"]}
+
+
+SPAN_GOOD = {"item_id": "s1", "annotator_id": "a", "data": {"text": "Anna lives in Paris"},
+             "result": span_results([[0, 4, "PER"]], "Anna lives in Paris")}
+
+
+def span_line(start: int, end: int, label: str = "LOC", text: str | None = None) -> dict:
+    value = {"start": start, "end": end, "labels": [label], **({"text": text} if text is not None else {})}
+    return {"item_id": "s1", "annotator_id": "b", "data": {"text": "Anna lives in Paris"},
+            "result": [{"from_name": "ner", "to_name": "text", "type": "labels", "value": value}]}
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    (span_line(14, 12), "line 2: span start 14 is not before its end 12"),
+    (span_line(14, 40), "line 2: span 14-40 ends past the text, which has 19 characters"),
+    (span_line(-1, 3), "line 2: span offsets must be non-negative whole numbers"),
+    (span_line(14, 19, text="Pari"), "line 2: span 14-19 says its text is 'Pari', but the task's text there is 'Paris'"),
+    (span_line(14, 19, label="CITY"), "line 2: label 'CITY' is not offered by <Labels name='ner'>"),
+    ({**span_line(14, 19), "result": [{"from_name": "ner", "to_name": "text", "type": "labels",
+                                       "value": {"start": "14", "end": 19, "labels": ["LOC"]}}]},
+     "line 2: value.start must be a number, got '14'"),
+])
+def test_bad_span_exits_2_naming_the_line(tmp_path: Path, capsys, line, expected) -> None:
+    answers = write_lines(tmp_path / "answers.jsonl", [SPAN_GOOD, line])
+    (tmp_path / "config.xml").write_text(SPAN_CONFIG)
+    assert main([str(answers), "--config", str(tmp_path / "config.xml"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert expected in err, err
