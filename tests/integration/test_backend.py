@@ -5,12 +5,15 @@ alias moved, and the same process (same pid) serves version 2 within its poll in
 Label Studio accepts the backend with BASIC_AUTH (its /health and /setup calls pass),
 refuses it with a wrong password, its own "Retrieve predictions" action stores a
 prediction carrying our model_version on a task — first version 1, then version 2 — and
-its "Start training" reaches /webhook and gets a 2xx.
+its "Start training" reaches /webhook and gets a 2xx. A body sent without Content-Length
+(chunked) is held to the size limit on the bytes read, with the process's memory flat.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -99,5 +102,57 @@ def test_backend_follows_the_alias_and_label_studio_uses_it(
         assert client.ml.get(ml.id).state == "CO"
         versions = httpx.get(f"{backend.url}/versions", auth=AUTH, timeout=30).json()["versions"]
         assert versions == [f"{name}:{second}", f"{name}:{first}"]
+    finally:
+        backend.stop()
+
+
+def test_a_chunked_oversized_body_gets_a_quick_413_and_memory_stays_flat(make_spec: Any, session_dir: Any) -> None:
+    """80 MiB in chunked transfer encoding, no Content-Length (65 MiB took the old backend to
+    19.7 GB of memory and no answer in 120 s): reading stops at the 64 MiB default limit."""
+    import psutil
+
+    spec_path = make_spec(model={"name": f"backend_it_{time.time_ns()}"})
+    nowhere = f"http://127.0.0.1:{free_port()}"  # no registry: /predict would be a 503, never a 200
+    backend = backend_server(session_dir / "backend-limits", free_port(), load_spec(spec_path).name, TOKEN,
+                             nowhere, projects_dir=spec_path.parent)
+    backend.start()
+    try:
+        process = psutil.Process(backend.process.pid)
+        before = process.memory_info().rss
+        peak = before
+        sending = threading.Event()
+        sending.set()
+
+        def watch() -> None:
+            nonlocal peak
+            while sending.is_set():
+                peak = max(peak, process.memory_info().rss)
+                time.sleep(0.01)
+
+        def body() -> Iterator[bytes]:  # valid JSON: one task, then 80 MiB of whitespace
+            yield b'{"tasks": [{"id": 1, "data": {"text": "hi"}}]'
+            for _ in range(80):
+                yield b" " * 1024 * 1024
+            yield b"}"
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        started = time.monotonic()
+        try:
+            response = httpx.post(f"{backend.url}/predict", content=body(), auth=AUTH, timeout=60,
+                                  headers={"Content-Type": "application/json"})
+        finally:
+            elapsed = time.monotonic() - started
+            sending.clear()
+            watcher.join()
+        after = process.memory_info().rss
+        assert "content-length" not in response.request.headers
+        assert response.status_code == 413, response.text
+        assert "over the limit of 67108864 bytes (LABELLOOP_BACKEND_MAX_BODY_BYTES)" in response.json()["detail"]
+        assert elapsed < 10, f"413 after {elapsed:.1f} s"
+        mib = 1024 * 1024
+        assert (peak - before) / mib < 100 and (after - before) / mib < 100, (
+            f"RSS {before / mib:.0f} MiB before, peak {peak / mib:.0f}, after {after / mib:.0f}")
+        assert httpx.get(f"{backend.url}/health", timeout=5).status_code == 200  # still serving
     finally:
         backend.stop()

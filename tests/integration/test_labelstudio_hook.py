@@ -1,11 +1,15 @@
-"""LabelStudioHook against a real Label Studio server: both token kinds, paging, exactly-once import."""
+"""LabelStudioHook against a real Label Studio server: both token kinds, paging, exactly-once import,
+and against a closed port: an outage names Label Studio, the connection and the call."""
 
 import json
+import logging
 import os
+import time
 
 import pytest
 
-from labelloop.hooks.labelstudio import LabelStudioHook, data_filter
+from labelloop.hooks.labelstudio import LabelStudioError, LabelStudioHook, data_filter
+from labelloop.stack import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -33,11 +37,43 @@ def test_legacy_token_and_personal_access_token(labelstudio, labelstudio_hook, m
 
 
 def test_bad_token_and_unreachable_server_fail_clearly(labelstudio, monkeypatch) -> None:
-    ok, message = use_connection(monkeypatch, "ls_bad", labelstudio.url, "not-a-token").test_connection()
+    token = "bad-token-SECRET-0123456789"
+    bad = use_connection(monkeypatch, "ls_bad", labelstudio.url, token)
+    ok, message = bad.test_connection()
     assert not ok and "refused or is unreachable" in message and "401" in message
-    unreachable = use_connection(monkeypatch, "ls_down", "http://127.0.0.1:9", "x")
+    with pytest.raises(Exception) as refused:
+        bad.find_project("anything")
+    assert "401" in str(refused.value)
+    assert token not in message and token not in str(refused.value)  # the token is never echoed
+    unreachable = use_connection(monkeypatch, "ls_down", "http://127.0.0.1:9", token)
     unreachable.max_retries = 0
-    assert not unreachable.test_connection()[0]
+    ok, message = unreachable.test_connection()
+    assert not ok and "http://127.0.0.1:9 (connection 'ls_down')" in message and token not in message
+
+
+def test_an_outage_names_label_studio_the_connection_and_the_call(monkeypatch, caplog) -> None:
+    """A free port with nothing listening: the SDK used to retry ~70 s in silence, then raise a
+    bare `ConnectError: [Errno 111] Connection refused` with no URL and no service name."""
+    url = f"http://127.0.0.1:{free_port()}"
+    hook = use_connection(monkeypatch, "ls_closed", url, "some-token-0123456789")
+    hook.max_retries = 2
+    client = hook.client  # built without a request: the SDK's import is not timed below
+    for call, operation in ((lambda: hook.find_project("x"), "GET /api/projects/"),
+                            (lambda: client.users.whoami(), "GET /api/current-user/whoami")):
+        caplog.clear()
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING), pytest.raises(LabelStudioError) as raised:
+            call()
+        elapsed = time.monotonic() - started
+        message = str(raised.value)
+        assert f"Label Studio at {url} (connection 'ls_closed'): {operation} failed after 3 attempts" in message
+        assert "Connection refused" in message and "some-token" not in message
+        assert 2 < elapsed < 10, f"failed after {elapsed:.1f} s (backoff 1 + 2 s)"
+        warnings = [record.getMessage() for record in caplog.records
+                    if record.levelno == logging.WARNING and "'ls_closed'" in record.getMessage()]
+        assert len(warnings) == 2, warnings  # one per retry, each naming the call
+        assert all(f"{operation} failed" in warning for warning in warnings)
+        assert "retry 1 of 2" in warnings[0] and "retry 2 of 2" in warnings[1]
 
 
 def test_missing_connection_fields(monkeypatch) -> None:

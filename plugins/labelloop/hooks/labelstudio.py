@@ -2,14 +2,26 @@
 
 The connection holds the base URL (host, with scheme) and the API token (password). Both
 token kinds work: a personal access token (a JWT refresh token, sent as ``Bearer`` after
-the SDK exchanges it) and a legacy token (sent as ``Token``). The SDK retries connection
-errors, 5xx, 408, 409 and 429 with exponential backoff; imports are the exception (see
-``import_batch``), because retrying a POST that did land would duplicate tasks.
+the SDK exchanges it) and a legacy token (sent as ``Token``).
+
+Every SDK call made through the hook (``hook.client.*`` included) goes through one httpx
+transport, which turns a network failure into ``LabelStudioTransportError`` (a
+``LabelStudioError``) naming the URL, the connection id and the call, and logs every retry at
+WARNING. Retries are bounded by ``max_retries`` (default 6):
+
+- a failed connect (nothing reached the server, so any call is safe to repeat), or a dropped
+  connection on GET/HEAD/OPTIONS/PUT/DELETE, is retried after 1, 2, 4, 8, 16 and 30 s: a
+  refused connection fails the call after ~61 s, and a connect that hangs waits at most
+  ``CONNECT_TIMEOUT`` (10 s) per attempt, so a call gives up within ~2 minutes;
+- 5xx, 408, 409 and 429 answers are retried by the SDK with exponential backoff (logged here
+  too); imports are the exception (see ``import_batch``), because retrying a POST that did
+  land would duplicate tasks.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from functools import cached_property
@@ -23,11 +35,97 @@ from labelloop import settings
 if TYPE_CHECKING:
     from label_studio_sdk import LabelStudio
 
+#: A stdlib logger (not the hook's structlog one): it reaches task logs and pytest's caplog alike.
+log = logging.getLogger(__name__)
 TRANSIENT_STATUS = {408, 409, 429, 500, 502, 503, 504}
+#: Seconds to wait for a TCP connection; reading an answer waits the hook's ``timeout``.
+CONNECT_TIMEOUT = 10.0
+#: Methods whose request can be sent again after the connection dropped mid-way.
+IDEMPOTENT_METHODS = {"GET", "HEAD", "OPTIONS", "PUT", "DELETE"}
 
 
 class LabelStudioError(RuntimeError):
     """Label Studio refused or could not be reached; the message says which and what to check."""
+
+
+class LabelStudioTransportError(LabelStudioError, httpx.TransportError):
+    """Label Studio could not be reached, or the connection broke. Also an ``httpx.TransportError``,
+    so code that catches httpx errors (and ``_transient``) keeps treating it as a network failure."""
+
+    def __init__(self, message: str, request: httpx.Request) -> None:
+        httpx.TransportError.__init__(self, message, request=request)
+
+
+def retry_delay(retry: int) -> float:
+    """Seconds before retry number ``retry`` (0-based): 1, 2, 4, 8, 16, then 30."""
+    return min(2.0**retry, 30.0)
+
+
+class NamedTransport(httpx.BaseTransport):
+    """The hook's httpx transport: network failures name Label Studio, and retries are logged."""
+
+    def __init__(self, base_url: str, conn_id: str, max_retries: int) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.base_url = base_url
+        self.conn_id = conn_id
+        self.max_retries = max_retries
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        operation = f"{request.method} {request.url.path}"
+        started, retry = time.monotonic(), 0
+        while True:
+            try:
+                response = self.inner.handle_request(request)
+                break
+            except httpx.TransportError as error:
+                if retry == self.max_retries or not _safe_to_resend(request.method, error):
+                    raise self.failure(request, operation, error, retry + 1, started) from error
+                wait = retry_delay(retry)
+                retry += 1
+                log.warning("Label Studio at %s (connection %r): %s failed (%s: %s); retry %d of %d in %.0f s",
+                            self.base_url, self.conn_id, operation, type(error).__name__, error,
+                            retry, self.max_retries, wait)
+                time.sleep(wait)
+        if response.status_code in TRANSIENT_STATUS:
+            log.warning("Label Studio at %s (connection %r) answered %d to %s",
+                        self.base_url, self.conn_id, response.status_code, operation)
+        response.stream = _NamedStream(response.stream, lambda error: self.failure(
+            request, f"reading the answer to {operation}", error, retry + 1, started))
+        return response
+
+    def failure(self, request: httpx.Request, operation: str, error: Exception, attempts: int,
+                started: float) -> LabelStudioTransportError:
+        tries = f" after {attempts} attempts over {time.monotonic() - started:.0f} s" if attempts > 1 else ""
+        return LabelStudioTransportError(
+            f"Label Studio at {self.base_url} (connection {self.conn_id!r}): {operation} failed{tries}: "
+            f"{type(error).__name__}: {error}. Check that Label Studio runs there and that the "
+            f"connection's host is the URL it is reached at.", request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class _NamedStream(httpx.SyncByteStream):
+    """An answer's body, whose read errors (the server died mid-answer) name Label Studio too."""
+
+    def __init__(self, stream: Any, failure: Any) -> None:
+        self.stream = stream
+        self.failure = failure
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self.stream
+        except httpx.TransportError as error:
+            raise self.failure(error) from error
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+def _safe_to_resend(method: str, error: httpx.TransportError) -> bool:
+    if isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout)):
+        return True  # nothing reached the server
+    return method in IDEMPOTENT_METHODS and isinstance(error, (httpx.RemoteProtocolError, httpx.ReadError))
 
 
 def data_filter(field: str, value: str) -> str:
@@ -83,12 +181,13 @@ class LabelStudioHook(BaseHook):
         base_url = conn.host if "://" in conn.host else f"http://{conn.host}"
         if conn.port:
             base_url = f"{base_url.rstrip('/')}:{conn.port}"
-        return LabelStudio(
-            base_url=base_url.rstrip("/"),
-            api_key=conn.password,
-            timeout=self.timeout,
-            max_retries=self.max_retries,
-        )
+        base_url = base_url.rstrip("/")
+        transport = NamedTransport(base_url, self.labelstudio_conn_id, self.max_retries)
+        # No `timeout=` for the SDK: it would override the connect timeout of every request.
+        http = httpx.Client(transport=transport, follow_redirects=True,
+                            timeout=httpx.Timeout(self.timeout, connect=CONNECT_TIMEOUT))
+        return LabelStudio(base_url=base_url, api_key=conn.password, max_retries=self.max_retries,
+                           httpx_client=http)
 
     def test_connection(self) -> tuple[bool, str]:
         try:
@@ -234,7 +333,7 @@ class LabelStudioHook(BaseHook):
                 if todo:
                     response = self.client.projects.import_tasks(
                         project_id, request=todo, return_task_ids=True,
-                        request_options={"max_retries": 0, "timeout_in_seconds": self.timeout},
+                        request_options={"max_retries": 0},
                     )
                     landed.update(zip((task["data"][key_field] for task in todo), response.task_ids or []))
                 missing = [key for key in keys if key not in landed]
