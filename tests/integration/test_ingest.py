@@ -7,6 +7,7 @@ duplicates a task.
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 import threading
@@ -202,3 +203,45 @@ def test_tasks_added_outside_labelloop_are_not_imported_again(labelstudio_hook, 
     summary = Ingest(spec, labelstudio_hook, "manual__outside").run(project_id)
     assert (summary["imported"], summary["duplicate"]) == (0, 1)
     assert labelstudio_hook.task_count(project_id) == 1
+
+
+DEEP_LINE = '{"id": "deep", "text": ' + "[" * 10_000 + "]" * 10_000 + "}"  # 20 KB; json.loads recurses
+
+
+def test_hostile_lines_are_quarantined_and_the_run_goes_on(
+        run_dag, labelstudio_hook, make_spec, tmp_path) -> None:
+    """A 10,000-deep line once crashed every attempt of the run, and every later run."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "a_good.jsonl").write_text(json.dumps({"id": "g1", "text": "good before"}) + "\n")
+    good = [json.dumps({"id": f"m{i}", "text": f"mixed {i}"}) for i in (1, 2)]
+    (raw / "b_mixed.jsonl").write_text(f"{good[0]}\n{DEEP_LINE}\n{good[1]}\n")
+    nul_line = '{"id": "z2", "text": "nul \\u0000 here"}'  # the JSON escape, as a producer writes it
+    (raw / "c_packed.jsonl.gz").write_bytes(gzip.compress(
+        (json.dumps({"id": "z1", "text": "from gzip"}) + "\n" + nul_line + "\n").encode()))
+    (raw / "d_array.json").write_text('[{"id": "a1", "text": "from an array"}, ' + DEEP_LINE + "]")
+    path = make_spec()
+    spec = load_spec(path)
+
+    first = run_dag(path, "ingest")
+    assert first.state == "success"
+    summary = summary_of(spec, first.run_id.replace(":", "_").replace("+", "_"))
+    assert (summary["read"], summary["imported"], summary["duplicate"], summary["quarantined"]) == (8, 5, 0, 3)
+    assert summary["balanced"] and summary["skipped_objects"] == []
+    project = labelstudio_hook.find_project(spec.title)
+    assert sorted(task.data["text"] for task in tasks_in(labelstudio_hook, project.id)) == [
+        "from an array", "from gzip", "good before", "mixed 1", "mixed 2"]
+    quarantine = tmp_path / "store" / "ingest" / "quarantine" / summary["run"]
+    rows = [json.loads(line) for file in quarantine.iterdir() for line in file.read_text().splitlines()]
+    reasons = {(Path(row["source"]).name, row["line"]): row["reason"] for row in rows}
+    assert reasons.keys() == {("b_mixed.jsonl", 2), ("c_packed.jsonl.gz", 2), ("d_array.json", 2)}
+    assert reasons["b_mixed.jsonl", 2].startswith("JSON nested deeper than 64 levels")
+    assert reasons["c_packed.jsonl.gz", 2].startswith("field 'text' contains a NUL character")
+    assert reasons["d_array.json", 2] == reasons["b_mixed.jsonl", 2]
+
+    (raw / "e_later.csv.gz").write_bytes(gzip.compress(b"id,text\nl1,later\n"))
+    second = run_dag(path, "ingest")
+    assert second.state == "success"
+    later = summary_of(spec, second.run_id.replace(":", "_").replace("+", "_"))
+    assert (later["objects"], later["read"], later["imported"], later["skipped_objects"]) == (1, 1, 1, [])
+    assert not (quarantine.parent / later["run"]).exists()  # nothing quarantined: no empty folder

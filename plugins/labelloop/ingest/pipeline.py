@@ -148,9 +148,7 @@ class Ingest:
 
     def _read_object(self, obj: SourceObject, fmt: str) -> None:
         pending = _Pending(obj)
-        quarantine = self.state.quarantine_path(obj)
-        quarantine.parent.mkdir(parents=True, exist_ok=True)
-        with obj.path.open("rb") as stream, _LazyWriter(quarantine) as bad:
+        with obj.path.open("rb") as stream, _LazyWriter(self.state.quarantine_path(obj)) as bad:
             for raw in read_records(stream, fmt, self.spec.source.max_record_bytes):
                 pending.counts["read"] += 1
                 source = f"{obj.name}#{raw.line}"
@@ -236,7 +234,8 @@ class Ingest:
 
 
 class _LazyWriter:
-    """JSONL writer that creates its file only when the first line comes (no empty files)."""
+    """JSONL writer that creates its folder and file only when the first line comes, so a run
+    with nothing to quarantine leaves no empty quarantine folder behind."""
 
     def __init__(self, path: ObjectStoragePath) -> None:
         self.path = path
@@ -248,8 +247,11 @@ class _LazyWriter:
 
     def write(self, row: dict[str, Any]) -> None:
         if self.stream is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self.stream = self.path.open("w", encoding="utf-8")
-        self.stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+        # A refused record may hold an unpaired surrogate: written as its JSON escape, not a crash.
+        line = json.dumps(row, ensure_ascii=False).encode("utf-8", errors="backslashreplace").decode()
+        self.stream.write(line + "\n")
 
     def __exit__(self, *exc: object) -> None:
         if self.stream is not None:

@@ -38,6 +38,25 @@ def content_hash(data: dict[str, Any]) -> str:
     return hashlib.blake2b(canonical.encode("utf-8"), digest_size=16).hexdigest()
 
 
+def _storable(name: str, value: str) -> str:
+    """Refuse text Postgres (Label Studio's production database) cannot store in ``jsonb``.
+
+    A NUL (``\\u0000``) or an unpaired surrogate (``\\ud800``) is refused rather than stripped:
+    changing the text silently would change its content hash and what annotators see.
+    """
+    nul = value.find("\x00")
+    if nul >= 0:
+        raise InvalidRecord(f"field {name!r} contains a NUL character (\\u0000) at character "
+                            f"{nul + 1}; Label Studio's database cannot store it: remove it")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        code = ord(value[error.start])
+        raise InvalidRecord(f"field {name!r} contains an unpaired surrogate (\\u{code:04x}) at "
+                            f"character {error.start + 1}; it is not text: fix the escape") from None
+    return value
+
+
 def _coerce(name: str, rule: DataField, value: Any) -> Any:
     """Accept the spec's type; CSV cells arrive as strings, so numbers and booleans are parsed."""
     if rule.type == "string":
@@ -45,7 +64,7 @@ def _coerce(name: str, rule: DataField, value: Any) -> Any:
             raise InvalidRecord(f"field {name!r} must be a string, got {type(value).__name__} {value!r:.80}")
         if rule.max_length is not None and len(value) > rule.max_length:
             raise InvalidRecord(f"field {name!r} has {len(value):,} characters; the limit is {rule.max_length:,}")
-        return value
+        return _storable(name, value)
     if rule.type == "boolean":
         if isinstance(value, bool):
             return value
@@ -90,7 +109,7 @@ class RecordValidator:
         label = self._label(record)
         item_id = record.get(self.id_field) if self.id_field else None
         if item_id is not None:
-            item_id = str(item_id)
+            item_id = _storable(self.id_field, str(item_id))  # it is stored in the task data too
         return ValidRecord(data, content_hash(data), item_id, label)
 
     def _label(self, record: dict[str, Any]) -> str | None:
