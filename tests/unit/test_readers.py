@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from labelloop.ingest.readers import MAX_NESTING, TOO_DEEP, format_of, nested_too_deep, read_records
+from labelloop.ingest.readers import TOO_DEEP, format_of, read_records
+from labelloop.jsontext import MAX_NESTING, nested_too_deep
 from labelloop.ingest.validate import InvalidRecord, RecordValidator, content_hash
 from labelloop.spec import load_spec
 

@@ -18,21 +18,18 @@ import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import accumulate
 from typing import IO, Any
 
 import ijson
 from charset_normalizer import from_bytes
 
+from labelloop.jsontext import MAX_NESTING, nested_too_deep
+
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv"}
 GZIP_MAGIC = b"\x1f\x8b"
 
-#: Deepest nesting of JSON objects and arrays a record may have (the record itself is level 1).
-#: Records are flat-ish objects, so 64 is plenty; without a limit one hostile line of 10,000
-#: brackets (20 KB) makes ``json.loads`` raise RecursionError and takes the whole run down.
-MAX_NESTING = 64
 TOO_DEEP = (f"JSON nested deeper than {MAX_NESTING} levels of objects/arrays "
-            f"(labelloop.ingest.readers.MAX_NESTING); flatten the record")
+            f"(labelloop.jsontext.MAX_NESTING); flatten the record")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,25 +46,6 @@ def format_of(name: str) -> str | None:
     """The reader format for an object name (``.gz`` is compression, not format), or None."""
     lowered = name.lower().removesuffix(".gz")
     return next((fmt for suffix, fmt in FORMATS.items() if lowered.endswith(suffix)), None)
-
-
-# A whole JSON string (escapes included), or a stray escape outside one: linear, no backtracking.
-_STRINGS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|\\.', re.DOTALL)
-_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
-_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
-
-
-def nested_too_deep(text: str, limit: int = MAX_NESTING) -> bool:
-    """Whether JSON ``text`` opens more than ``limit`` objects/arrays inside each other.
-
-    Cheap enough for every line: a text with at most ``limit`` brackets is not scanned, else
-    strings (whose brackets do not count) are cut out and the rest is summed in C (8 ms for
-    64 KB of brackets). Call it before ``json.loads`` on text from outside.
-    """
-    if text.count("[") + text.count("{") <= limit:
-        return False
-    brackets = _NOT_BRACKETS.sub("", _STRINGS.sub("", text))
-    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0) > limit
 
 
 def read_records(stream: IO[bytes], fmt: str, max_record_bytes: int) -> Iterator[RawRecord]:

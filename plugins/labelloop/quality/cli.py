@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -27,8 +28,12 @@ def read_csv(path: Path, header: tuple[str, ...]) -> pd.DataFrame:
     if not path.is_file():
         raise InputError(f"{path}: no such file; check the path")
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""],
-                           encoding="utf-8-sig")  # fmt: skip
+        # A row with more cells than the header must not silently shift into an index.
+        with warnings.catch_warnings(action="error", category=pd.errors.ParserWarning):
+            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""],
+                               encoding="utf-8-sig", index_col=False)  # fmt: skip
+    except pd.errors.ParserWarning:
+        raise InputError(f"{path}: a row has more cells than the header; {expected}") from None
     except pd.errors.EmptyDataError:
         raise InputError(f"{path}: file is empty; {expected}") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as error:

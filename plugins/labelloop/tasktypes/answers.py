@@ -18,12 +18,10 @@ from typing import Any
 import pandas as pd
 
 from labelloop.errors import InputError
+from labelloop.jsontext import MAX_NESTING, nested_too_deep
 
 from .base import ControlAudit, TaskType
 
-#: Deeper JSON than this is refused before parsing: answers are a few levels deep, and
-#: Python's parser overflows its stack on a line nested some thousands deep.
-MAX_DEPTH = 32
 GOLD = "gold"
 
 
@@ -48,9 +46,8 @@ def json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
                 raise InputError(f"{where}: not UTF-8 (byte {error.start}); save the file as UTF-8") from None
             if not line.strip():
                 continue
-            depth = nesting_depth(line)
-            if depth > MAX_DEPTH:
-                raise InputError(f"{where}: JSON nested deeper than {MAX_DEPTH} levels; an answer is a few levels deep")
+            if nested_too_deep(line):
+                raise InputError(f"{where}: JSON nested deeper than {MAX_NESTING} levels; an answer is a few levels deep")
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
@@ -58,28 +55,6 @@ def json_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             if not isinstance(record, dict):
                 raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}")
             yield where, record
-
-
-def nesting_depth(text: str) -> int:
-    """The deepest bracket nesting of a JSON text, ignoring brackets inside strings."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "]}":
-            depth -= 1
-    return deepest
 
 
 def read_answers(path: Path, controls: list[TaskType], *, gold: bool = False) -> Answers:

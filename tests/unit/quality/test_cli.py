@@ -37,6 +37,8 @@ def write(path: Path, text: str) -> Path:
 
 
 BAD_INPUT = {
+    "ragged row": (lambda d: (write(d / "r.csv", "item_id,annotator_id,label\n1,a,b,c,d\n2,x,y\n"), None),
+                   "r.csv: a row has more cells than the header"),
     "missing file": (lambda d: (d / "nope.csv", None), "nope.csv: no such file; check the path"),
     "empty file": (lambda d: (write(d / "e.csv", ""), None),
                    "e.csv: file is empty; expected a CSV with header item_id,annotator_id,label"),

@@ -56,7 +56,7 @@ def test_choices_in_result_format_equal_the_csv_audit(rte_files, rte_labels, rte
 GOOD = {"item_id": "1", "annotator_id": "a", "result": [choice("entailed")]}
 BAD_LINES = [
     ("{not json", "line 2: not JSON (Expecting property name enclosed in double quotes at column 2)"),
-    ("[" * 5000 + "]" * 5000, "line 2: JSON nested deeper than 32 levels"),
+    ("[" * 5000 + "]" * 5000, "line 2: JSON nested deeper than 64 levels"),
     ({"item_id": "2", "annotator_id": "a", "result": [choice("maybe")]},
      "line 2: label 'maybe' is not offered by <Choices name='label'>; it offers ['entailed', 'not_entailed']"),
     ({"item_id": "2", "annotator_id": "a", "result": [choice("entailed", name="other")]},
