@@ -14,10 +14,11 @@ from labelloop.errors import InputError
 from .base import Control, ControlAudit, TaskType
 from .choices import SingleChoice
 from .multichoice import MultipleChoice
+from .rectangles import Rectangles
 from .spans import Spans
 
 #: Every task type, in the order the "supported" message lists them.
-TASK_TYPES: tuple[type[TaskType], ...] = (SingleChoice, MultipleChoice, Spans)
+TASK_TYPES: tuple[type[TaskType], ...] = (SingleChoice, MultipleChoice, Spans, Rectangles)
 
 
 def supported(kinds: tuple[str, ...] | None = None) -> str:
