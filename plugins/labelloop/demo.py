@@ -24,10 +24,13 @@ DEMO_DATA = settings.INCLUDE_DIR / "demo" / "sms-spam" / "messages.jsonl"
 
 
 class Airflow:
-    """The few REST calls the demo needs (the embedded stack runs with all users as admins)."""
+    """The few REST calls the demo needs (the embedded stack runs with all users as admins;
+    elsewhere pass ``token``, an access token from the api-server's /auth/token)."""
 
-    def __init__(self, base_url: str) -> None:
-        self.http = httpx.Client(base_url=f"{base_url}/api/v2", timeout=60, transport=httpx.HTTPTransport(retries=3))
+    def __init__(self, base_url: str, token: str | None = None) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=f"{base_url}/api/v2", timeout=60, headers=headers,
+                                 transport=httpx.HTTPTransport(retries=3))
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         """One REST call; retried on 5xx, which SQLite behind a busy scheduler still answers now and then."""
@@ -165,7 +168,7 @@ def held_out_quality(spec: ProjectSpec, uri: str) -> dict[str, Any] | None:
 
 def latest_report(spec: ProjectSpec) -> str:
     from labelloop.ingest.pipeline import storage_path
-    from labelloop.ingest.state import read_json
+    from labelloop.state import read_json
 
     root = storage_path(spec.storage_uri, spec.source.conn_id) / "audit"
     latest = read_json(root / "latest.json", None)

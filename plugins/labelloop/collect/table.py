@@ -9,12 +9,15 @@ Layout under ``<storage_uri>/collect/``::
     latest.json                                 {"snapshot": "snapshots/<run>", ...}
 
 A run always writes the same folder, whole, so a re-run replaces its snapshot. The schema
-is fixed, so an empty project gives empty files with the same columns.
+is fixed, so an empty project gives empty files with the same columns. ``latest.json`` is
+collect's to rebuild: when it is broken, or lost while snapshots exist, the next collect
+points it again at the snapshot with the latest ``run_after`` (and logs a warning saying so).
 """
 
 from __future__ import annotations
 
 import io
+import logging
 from datetime import datetime
 from typing import Any
 
@@ -23,8 +26,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from airflow.sdk import ObjectStoragePath
 
-from labelloop.ingest.state import read_json, write_json
+from labelloop.state import StateError, read_json, uri_of, write_atomically, write_json
 
+log = logging.getLogger(__name__)
 _TIME = pa.timestamp("us", tz="UTC")
 ANNOTATIONS_SCHEMA = pa.schema([
     ("task_id", pa.int64()), ("item_id", pa.string()), ("item_hash", pa.string()),
@@ -44,6 +48,7 @@ TASKS_SCHEMA = pa.schema([
 ])  # fmt: skip
 
 COLLECT = "collect"
+REBUILD = "run the collect DAG: it rebuilds latest.json from the snapshot folders"
 FILES = {"annotations": ANNOTATIONS_SCHEMA, "tasks": TASKS_SCHEMA, "review_annotations": ANNOTATIONS_SCHEMA}
 
 
@@ -62,11 +67,9 @@ def to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
 
 
 def write_parquet(path: ObjectStoragePath, table: pa.Table) -> None:
-    """One whole-object write (object stores have no partial files to clean up)."""
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(buffer.getvalue())
+    write_atomically(path, buffer.getvalue())
 
 
 def to_frame(table: pa.Table) -> pd.DataFrame:
@@ -84,33 +87,107 @@ def snapshot_folder(root: ObjectStoragePath, run: str) -> ObjectStoragePath:
 
 def write_snapshot(root: ObjectStoragePath, run: str, tables: dict[str, pa.Table],
                    manifest: dict[str, Any]) -> ObjectStoragePath:
-    """Write (or rewrite) the snapshot folder of run ``run``; the manifest goes last."""
+    """Write (or rewrite) the snapshot folder of run ``run``; the manifest goes last, and an earlier
+    attempt's goes first, so a folder never claims files it does not hold yet."""
     folder = snapshot_folder(root, run)
+    (folder / "manifest.json").unlink(missing_ok=True)
     for name, table in tables.items():
         write_parquet(folder / f"{name}.parquet", table)
     write_json(folder / "manifest.json", manifest)
     return folder
 
 
+def latest_path(root: ObjectStoragePath) -> ObjectStoragePath:
+    return root / COLLECT / "latest.json"
+
+
+def _pointer(run: str, run_after: str, counts: dict[str, int]) -> dict[str, Any]:
+    return {"run": run, "snapshot": f"snapshots/{run}", "run_after": run_after, "counts": counts}
+
+
+def read_latest(root: ObjectStoragePath) -> dict[str, Any] | None:
+    """The pointer as collect wrote it, or None when there is none; StateError when it is broken."""
+    path = latest_path(root)
+    pointer = read_json(path, None, expect=dict, remedy=REBUILD)
+    if pointer is not None and not isinstance(pointer.get("run"), str):
+        raise StateError(path, "names no snapshot run (no string field 'run')", REBUILD)
+    return pointer
+
+
+def snapshot_manifests(root: ObjectStoragePath) -> dict[str, dict[str, Any]]:
+    """Run -> manifest of every complete snapshot. A folder without a manifest is unfinished and a
+    broken manifest is not trusted: both are left out, the broken one with a warning."""
+    folder = root / COLLECT / "snapshots"
+    if not folder.exists():
+        return {}
+    manifests = {}
+    for snapshot in sorted(folder.iterdir(), key=lambda path: path.name):
+        try:
+            manifest = read_json(snapshot / "manifest.json", None, expect=dict)
+        except StateError as error:
+            log.warning("snapshot %s left out: %s", snapshot.name, error)
+            continue
+        if manifest is not None:
+            manifests[snapshot.name] = manifest
+    return manifests
+
+
+def _pointer_or_rebuilt(root: ObjectStoragePath, run: str) -> tuple[dict[str, Any] | None, bool]:
+    """The current pointer, else one rebuilt from the snapshots of runs other than ``run`` (the one
+    being written); the flag says it was rebuilt, so it must be written back even if ``run`` loses."""
+    uri = uri_of(latest_path(root))
+    try:
+        current = read_latest(root)
+    except StateError as error:
+        current, problem = None, error.problem
+    else:
+        if current is not None:
+            return current, False
+        problem = None  # no pointer: a first collect, unless other snapshots exist
+    others = {name: manifest for name, manifest in snapshot_manifests(root).items() if name != run}
+    if others:
+        name, manifest = max(others.items(), key=lambda item: str(item[1].get("run_after", "")))
+        log.warning("%s %s: rebuilt it from %d snapshot manifest(s); the latest is %s (run_after %s)",
+                    uri, problem or "is missing although snapshot folders exist", len(others), name,
+                    manifest.get("run_after"))
+        return _pointer(name, str(manifest.get("run_after", "")), manifest.get("counts", {})), True
+    if problem:
+        log.warning("%s %s and no other snapshot exists: it now points at snapshot %s", uri, problem, run)
+    return None, False
+
+
 def point_latest(root: ObjectStoragePath, run: str, run_after: str, counts: dict[str, int]) -> bool:
-    """Move ``latest.json`` to this snapshot unless a later run already owns it (re-runs of old runs)."""
-    path = root / COLLECT / "latest.json"
-    current = read_json(path, {})
-    if current and current.get("run_after", "") > run_after:
+    """Move ``latest.json`` to this snapshot unless a later run already owns it (re-runs of old runs).
+
+    A broken or lost pointer is rebuilt from the snapshot folders first, so a bad pointer never
+    blocks collect, nor lets an old run's re-run take the pointer from a later snapshot.
+    """
+    current, rebuilt = _pointer_or_rebuilt(root, run)
+    if current and str(current.get("run_after", "")) > run_after:
+        if rebuilt:
+            write_json(latest_path(root), current)
         return False
-    write_json(path, {"run": run, "snapshot": f"snapshots/{run}", "run_after": run_after, "counts": counts})
+    write_json(latest_path(root), _pointer(run, run_after, counts))
     return True
 
 
 def latest_snapshot(root: ObjectStoragePath) -> ObjectStoragePath | None:
-    """The folder of the latest complete snapshot, or None before the first collect."""
-    pointer = read_json(root / COLLECT / "latest.json", {})
-    if not pointer:
+    """The folder of the latest complete snapshot, or None before the first collect.
+
+    Readers other than collect do not repair the pointer: a broken one is a StateError that
+    tells the person to run collect, which rebuilds it.
+    """
+    path = latest_path(root)
+    pointer = read_latest(root)
+    if pointer is None:
+        snapshots = root / COLLECT / "snapshots"
+        if snapshots.exists() and any(snapshots.iterdir()):
+            raise StateError(path, f"is missing although snapshot folders exist under {uri_of(snapshots)}", REBUILD)
         return None
     folder = snapshot_folder(root, pointer["run"])
     if not (folder / "manifest.json").exists():
-        raise FileNotFoundError(f"{root / COLLECT / 'latest.json'} points to {folder}, which has no "
-                                f"manifest.json; re-run the collect DAG to write a complete snapshot")
+        raise StateError(path, f"points to {uri_of(folder)}, which has no manifest.json (an unfinished snapshot)",
+                         "re-run the collect DAG to write a complete snapshot")
     return folder
 
 

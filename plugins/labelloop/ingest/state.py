@@ -11,14 +11,13 @@ Layout under ``<storage_uri>/ingest/``::
     quarantine/<run>/<obj>.jsonl        records that were refused, with their reasons
 
 The per-run files make a killed run resumable without re-reading what it finished; the
-manifest and index are rewritten once at the end of each run.
+manifest and index are rewritten once at the end of each run. Reading and writing them is
+``labelloop.state``'s: a broken file is a ``StateError`` saying what to do, here per file.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +25,15 @@ from datetime import datetime, timezone
 from typing import Any
 
 from airflow.sdk import ObjectStoragePath
+
+from labelloop.state import json_files, read_json, uri_of, write_json
+
+MANIFEST_REMEDY = ("restore it from a backup or an earlier object version; or delete it, and the next ingest "
+                   "re-reads every source object (the hash index keeps their records from being imported "
+                   "twice: they count as duplicates)")
+INDEX_REMEDY = "delete it: the next ingest rebuilds it from the tasks in Label Studio"
+JOURNAL_REMEDY = ("delete it and clear the failed ingest task: the run redoes that step, and tasks already "
+                  "in Label Studio are recognised by content hash, so none is imported twice")
 
 
 @dataclass(frozen=True)
@@ -37,7 +45,7 @@ class SourceObject:
     @property
     def name(self) -> str:
         """The object's URI without the connection id (``s3://bucket/key``)."""
-        return f"{self.path.protocol}://{self.path.path}"
+        return uri_of(self.path)
 
     @property
     def key(self) -> str:
@@ -72,22 +80,6 @@ def list_objects(folder: ObjectStoragePath) -> Iterator[SourceObject]:
         yield SourceObject(full, fingerprint, modified)
 
 
-def read_json(path: ObjectStoragePath, default: Any) -> Any:
-    if not path.exists():
-        return default
-    raw = path.read_bytes()
-    if path.name.endswith(".gz"):
-        raw = gzip.decompress(raw)
-    return json.loads(raw)
-
-
-def write_json(path: ObjectStoragePath, value: Any) -> None:
-    """Write a whole file at once (object stores have no partial writes to clean up)."""
-    raw = json.dumps(value, sort_keys=True, indent=None if path.name.endswith(".gz") else 1).encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(raw, mtime=0) if path.name.endswith(".gz") else raw)
-
-
 class IngestState:
     """Manifest, hash index and the per-run journal of one project."""
 
@@ -95,8 +87,9 @@ class IngestState:
         self.root = storage_root / "ingest"
         self.run = run_key(run_id)
         self.run_dir = self.root / "runs" / self.run
-        self.manifest: dict[str, dict[str, Any]] = read_json(self.root / "manifest.json", {})
-        self.index: dict[str, str] = read_json(self.root / "index.json.gz", {})
+        self.manifest: dict[str, dict[str, Any]] = read_json(self.root / "manifest.json", {}, expect=dict,
+                                                             remedy=MANIFEST_REMEDY)
+        self.index: dict[str, str] = read_json(self.root / "index.json.gz", {}, expect=dict, remedy=INDEX_REMEDY)
 
     # Objects ------------------------------------------------------------------------------
 
@@ -107,10 +100,7 @@ class IngestState:
 
     def finished_objects(self) -> dict[str, dict[str, Any]]:
         """Objects this run already finished before it was interrupted."""
-        folder = self.run_dir / "objects"
-        if not folder.exists():
-            return {}
-        done = (read_json(path, None) for path in folder.iterdir())
+        done = (self._journal(path) for path in json_files(self.run_dir / "objects"))
         return {entry["object"]: entry for entry in done if entry}
 
     def finish_object(self, obj: SourceObject, counts: dict[str, int]) -> dict[str, Any]:
@@ -124,13 +114,15 @@ class IngestState:
     # Batches ------------------------------------------------------------------------------
 
     def committed_batches(self) -> list[dict[str, Any]]:
-        folder = self.run_dir / "batches"
-        if not folder.exists():
-            return []
-        return sorted((read_json(path, {}) for path in folder.iterdir()), key=lambda batch: batch["seq"])
+        batches = (self._journal(path) for path in json_files(self.run_dir / "batches"))
+        return sorted((batch for batch in batches if batch), key=lambda batch: batch["seq"])
 
     def pending_batch(self) -> dict[str, Any] | None:
-        return read_json(self.run_dir / "pending.json", None)
+        return self._journal(self.run_dir / "pending.json")
+
+    @staticmethod
+    def _journal(path: ObjectStoragePath) -> dict[str, Any] | None:
+        return read_json(path, None, expect=dict, remedy=JOURNAL_REMEDY)
 
     def begin_batch(self, seq: int, hashes: list[str]) -> str:
         batch_id = f"{self.run}:{seq}"
