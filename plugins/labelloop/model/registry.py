@@ -19,9 +19,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
-from labelloop.model.prelabel import CHAMPION
+from labelloop.model.prelabel import CHAMPION, champion_number, registered_model, registry_errors
 from labelloop.model.train import evaluate, numeric
 from labelloop.spec import Model
 
@@ -55,10 +54,16 @@ def decide(model: Model, candidate: dict[str, Any], champion: dict[str, Any] | N
 
 
 def champion_version(client: MlflowClient, name: str) -> Any | None:
-    try:
-        return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
+    """The champion's ModelVersion; None only when the registry answers that there is none.
+
+    A registry that fails raises ``RegistryError``: deciding on a failed read would promote any
+    candidate above the floor as the "first model", without comparing it with the real champion.
+    """
+    version = champion_number(client, name)
+    if version is None:
         return None
+    with registry_errors(client.tracking_uri, f"reading {name} version {version} ({CHAMPION})"):
+        return client.get_model_version(name, version)
 
 
 def log_candidate(model: Model, pipeline: Any, train: pd.DataFrame, evaluation: pd.DataFrame,
@@ -125,8 +130,8 @@ def record_decision(client: MlflowClient, name: str, version: str, decision: Dec
 
 
 def champion_history(client: MlflowClient, name: str) -> list[dict[str, Any]]:
-    tags = client.get_registered_model(name).tags or {}
-    return json.loads(tags.get(HISTORY_TAG, "[]"))
+    model = registered_model(client, name)
+    return json.loads(((model.tags if model else None) or {}).get(HISTORY_TAG, "[]"))
 
 
 def move_champion(client: MlflowClient, name: str, version: str, reason: str, actor: str) -> None:

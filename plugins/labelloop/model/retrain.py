@@ -16,11 +16,15 @@ import pandas as pd
 
 from labelloop.hooks.labelstudio import LabelStudioHook
 from labelloop.ingest.pipeline import storage_path
-from labelloop.ingest.state import read_json, write_json
 from labelloop.ingest.validate import HASH_FIELD, PRIORITY_FIELD
+from labelloop.model.prelabel import registered_model, registry_errors
 from labelloop.spec import ProjectSpec
+from labelloop.state import read_json, write_json
 
 log = logging.getLogger(__name__)
+PASSED_REMEDY = "run the audit DAG: an audit that passes the quality gate rewrites it"
+PRELABELS_REMEDY = ("delete it: the next pre-label refresh re-predicts the unannotated tasks with the champion "
+                    "(and the queue's generation count starts again)")
 
 
 class NothingToTrain(Exception):
@@ -51,7 +55,7 @@ def load_passed_audit(spec: ProjectSpec) -> tuple[dict[str, Any], pd.DataFrame, 
     from labelloop.collect.table import read_parquet
 
     root = storage_path(spec.storage_uri, spec.source.conn_id)
-    passed = read_json(root / "audit" / "passed.json", None)
+    passed = read_json(root / "audit" / "passed.json", None, expect=dict, remedy=PASSED_REMEDY)
     if passed is None:
         raise NothingToTrain("no audit has passed the quality gate yet")
     consensus = read_parquet(root / "audit" / passed["audit"] / "consensus.parquet")
@@ -79,38 +83,33 @@ def retrain(spec: ProjectSpec, tracking_uri: str, force: bool = False, dry_run: 
                "n_eval": len(evaluation), "train_digest": frame_digest(train), "eval_digest": frame_digest(evaluation)}
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri)
-    seen = client.search_model_versions(f"name='{spec.model.name}' and tag.train_digest='{lineage['train_digest']}'") \
-        if _registered(client, spec.model.name) else []
+    name = spec.model.name
+    with registry_errors(tracking_uri, f"looking for versions of {name} trained on this data"):
+        seen = client.search_model_versions(f"name='{name}' and tag.train_digest='{lineage['train_digest']}'") \
+            if registered_model(client, name) is not None else []
     if seen and not force:
         raise NothingToTrain(f"version {seen[0].version} was already trained on this data (audit {passed['audit']}); "
                              f"trigger with force=true to train again")
     pipeline = fit(spec.model, train["text"], train["label"])
     if dry_run:
         return {"dry_run": True, **lineage, "metrics": _headline(evaluate(pipeline, evaluation["text"], evaluation["label"]))}
-    version, metrics = log_candidate(spec.model, pipeline, train, evaluation, lineage,
-                                     experiment=f"labelloop/{spec.name}/training")
-    client.set_model_version_tag(spec.model.name, version.version, "train_digest", lineage["train_digest"])
-    champion = evaluate_champion(client, spec.model.name, evaluation)
+    with registry_errors(tracking_uri, f"registering a candidate of {name}"):
+        version, metrics = log_candidate(spec.model, pipeline, train, evaluation, lineage,
+                                         experiment=f"labelloop/{spec.name}/training")
+        client.set_model_version_tag(name, version.version, "train_digest", lineage["train_digest"])
+    with registry_errors(tracking_uri, f"evaluating the champion of {name}"):
+        champion = evaluate_champion(client, name, evaluation)  # raises rather than read a failure as "none"
     decision = decide(spec.model, metrics, champion[1] if champion else None)
     status = "pending_approval" if decision.promote and spec.model.require_approval else (
         "approved" if decision.promote else "rejected")
-    record_decision(client, spec.model.name, version.version, decision, status, passed["snapshot"])
+    with registry_errors(tracking_uri, f"tagging {name} version {version.version} with the decision"):
+        record_decision(client, name, version.version, decision, status, passed["snapshot"])
     return {
         **lineage, "version": version.version, "run_id": metrics["run_id"], "promote": decision.promote,
         "reason": decision.reason, "candidate": _headline(metrics),
         "champion": _headline(champion[1]) if champion else None,
         "champion_version": champion[0].version if champion else None, "actor": actor,
     }
-
-
-def _registered(client: Any, name: str) -> bool:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.get_registered_model(name)
-        return True
-    except MlflowException:
-        return False
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, float]:
@@ -136,16 +135,18 @@ def promote(spec: ProjectSpec, tracking_uri: str, outcome: dict[str, Any], appro
     if not outcome.get("promote"):
         return False
     client = MlflowClient(tracking_uri=tracking_uri)
-    client.set_model_version_tag(spec.model.name, outcome["version"], "validation_status", "approved")
-    move_champion(client, spec.model.name, outcome["version"], outcome["reason"], approved_by)
+    with registry_errors(tracking_uri, f"promoting {spec.model.name} version {outcome['version']}"):
+        client.set_model_version_tag(spec.model.name, outcome["version"], "validation_status", "approved")
+        move_champion(client, spec.model.name, outcome["version"], outcome["reason"], approved_by)
     return True
 
 
 def reject(spec: ProjectSpec, tracking_uri: str, outcome: dict[str, Any], by: str) -> None:
     from mlflow import MlflowClient
 
-    MlflowClient(tracking_uri=tracking_uri).set_model_version_tag(
-        spec.model.name, outcome["version"], "validation_status", f"rejected by {by}")
+    with registry_errors(tracking_uri, f"tagging {spec.model.name} version {outcome['version']} rejected"):
+        MlflowClient(tracking_uri=tracking_uri).set_model_version_tag(
+            spec.model.name, outcome["version"], "validation_status", f"rejected by {by}")
 
 
 def rollback(spec: ProjectSpec, tracking_uri: str, version: str, actor: str) -> None:
@@ -155,8 +156,9 @@ def rollback(spec: ProjectSpec, tracking_uri: str, version: str, actor: str) -> 
     from labelloop.model.registry import move_champion
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    client.get_model_version(spec.model.name, version)  # fails clearly if it does not exist
-    move_champion(client, spec.model.name, version, f"rollback to version {version}", actor)
+    with registry_errors(tracking_uri, f"rolling {spec.model.name} back to version {version}"):
+        client.get_model_version(spec.model.name, version)  # fails clearly if it does not exist
+        move_champion(client, spec.model.name, version, f"rollback to version {version}", actor)
 
 
 def _prelabels_marker(spec: ProjectSpec) -> Any:
@@ -165,7 +167,21 @@ def _prelabels_marker(spec: ProjectSpec) -> Any:
 
 def queue_generation(spec: ProjectSpec) -> int:
     """How many champions have ordered the labeling queue (0 before the first refresh)."""
-    return int((read_json(_prelabels_marker(spec), {}) or {}).get("generation", 0))
+    return int(_read_marker(spec).get("generation", 0))
+
+
+def _read_marker(spec: ProjectSpec) -> dict[str, Any]:
+    return read_json(_prelabels_marker(spec), {}, expect=dict, remedy=PRELABELS_REMEDY)
+
+
+def _missing_marker(spec: ProjectSpec) -> Any:
+    return storage_path(spec.storage_uri, spec.source.conn_id) / "model" / "prelabels_missing.json"
+
+
+def leave_for_refresh(spec: ProjectSpec, run: str, reason: str) -> None:
+    """Ingest imported tasks without pre-labels (the registry did not answer): the next refresh
+    (the registry watch's, within minutes) predicts them although the champion did not move."""
+    write_json(_missing_marker(spec), {"run": run, "reason": reason})
 
 
 def refresh_prelabels(spec: ProjectSpec, hook: LabelStudioHook, tracking_uri: str, batch_size: int = 500) -> dict[str, Any]:
@@ -177,16 +193,21 @@ def refresh_prelabels(spec: ProjectSpec, hook: LabelStudioHook, tracking_uri: st
     """
     from labelloop.model.prelabel import load_champion
 
-    marker_path = _prelabels_marker(spec)
-    champion = load_champion(spec, tracking_uri)
+    marker_path, missing_path = _prelabels_marker(spec), _missing_marker(spec)
+    champion = load_champion(spec, tracking_uri)  # RegistryError when the registry cannot say
+    missing = read_json(missing_path, None, expect=dict)  # tasks ingest imported without pre-labels
     if champion is None:
+        missing_path.unlink(missing_ok=True)  # the first champion's refresh predicts every task
         return {"refreshed": 0, "reason": "no champion"}
     model_version, predict = champion
-    marker = read_json(marker_path, {}) or {}
+    marker = _read_marker(spec)
     if marker.get("model_version") != model_version:
         marker = {"model_version": model_version, "generation": int(marker.get("generation", 0)) + 1,
                   "predicted_through": 0, "done": False}
         write_json(marker_path, marker)
+    elif missing and marker.get("done"):
+        log.info("ingest run %s imported tasks without pre-labels: predicting them", missing.get("run"))
+        marker = {**marker, "predicted_through": marker.get("predicted_through", 0), "done": False}
     if marker.get("done") or "predicted_through" not in marker:  # (no such field: written by an older labelloop)
         return {"refreshed": 0, "model_version": model_version, "reason": "already refreshed for this version"}
     project = hook.find_project(spec.title)
@@ -198,7 +219,7 @@ def refresh_prelabels(spec: ProjectSpec, hook: LabelStudioHook, tracking_uri: st
         predicted = predict([task.data for task in chunk])
         predictions += predicted
         new = [{"task": task.id, **prediction} for task, prediction in zip(chunk, predicted)
-               if task.id > marker["predicted_through"]]
+               if task.id > marker["predicted_through"] and not _predicted_by(task, model_version)]
         if new:
             hook.client.projects.import_predictions(project.id, request=new)
             imported += len(new)
@@ -208,8 +229,16 @@ def refresh_prelabels(spec: ProjectSpec, hook: LabelStudioHook, tracking_uri: st
         hook.client.projects.update(project.id, model_version=model_version)
     reordered = _reorder_queue_head(spec, hook, tasks, predictions, marker["generation"])
     write_json(marker_path, {**marker, "done": True, "tasks": len(tasks)})
+    if missing and read_json(missing_path, None, expect=dict) == missing:  # (not if an ingest wrote it since)
+        missing_path.unlink(missing_ok=True)
     return {"refreshed": imported, "reordered": reordered, "generation": marker["generation"],
             "model_version": model_version}
+
+
+def _predicted_by(task: Any, model_version: str) -> bool:
+    """Whether the task already carries a prediction of this model (ingest pre-labeled it)."""
+    return model_version in (p.get("model_version") if isinstance(p, dict) else getattr(p, "model_version", None)
+                             for p in task.predictions or [])
 
 
 def _reorder_queue_head(spec: ProjectSpec, hook: LabelStudioHook, tasks: list[Any],

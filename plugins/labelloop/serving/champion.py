@@ -1,9 +1,10 @@
 """The model behind ``models:/<name>@champion``, kept current by polling the registry.
 
 Promotion happens elsewhere (the retrain DAG, or a person in the MLflow UI), so the backend
-cannot be told; it asks. One cheap call (``get_model_version_by_alias``) per poll, and a
-download only when the alias points at another version. Requests never wait for the
-registry: they read the last loaded model, swapped in with one attribute assignment.
+cannot be told; it asks. One cheap call (``get_registered_model``, whose aliases say where
+``champion`` points) per poll, and a download only when the alias points at another version.
+Requests never wait for the registry: they read the last loaded model, swapped in with one
+attribute assignment.
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from labelloop.model.prelabel import CHAMPION
+from labelloop.model.prelabel import CHAMPION, RegistryError, champion_number
 
 log = logging.getLogger(__name__)
-#: MLflow error codes that mean "there is no such model / alias" rather than "registry trouble".
-_ABSENT = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"}
 
 
 @dataclass(frozen=True)
@@ -62,21 +61,19 @@ class Champion:
         No alias (or no model) means nothing to serve, so a removed alias stops serving.
         A registry or download failure keeps the model being served and retries next poll.
         """
-        from mlflow.exceptions import MlflowException
-
         try:
-            version = str(self.client().get_model_version_by_alias(self.name, CHAMPION).version)
-        except MlflowException as error:
-            if error.error_code in _ABSENT:
-                if self.current is not None:
-                    log.warning("%s is gone: no longer serving %s", self.uri, self.current.model_version)
-                self.current = None
-                self.problem = (f"no champion yet: {self.uri} does not exist in the registry at "
-                                f"{self.tracking_uri}; the retrain DAG sets it when a model clears the floor")
-                return False
-            return self._trouble(f"the registry at {self.tracking_uri} failed: {error.message}")
+            version = champion_number(self.client(), self.name)
+        except RegistryError as error:
+            return self._trouble(str(error))
         except Exception as error:  # the poller must survive anything the network throws
             return self._trouble(f"the registry at {self.tracking_uri} is unreachable: {error}")
+        if version is None:  # the registry's own answer: no such model, or no such alias
+            if self.current is not None:
+                log.warning("%s is gone: no longer serving %s", self.uri, self.current.model_version)
+            self.current = None
+            self.problem = (f"no champion yet: {self.uri} does not exist in the registry at "
+                            f"{self.tracking_uri}; the retrain DAG sets it when a model clears the floor")
+            return False
         if self.current is not None and self.current.version == version:
             self.problem = None
             return False
