@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,18 @@ def port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def state_folder(state_dir: Path, *parts: str) -> Path:
+    """``state_dir/parts...``, each folder from ``state_dir`` down created (or tightened) to 0o700:
+    the state holds the servers' databases, tokens and every annotation, for the owner only."""
+    folders = [state_dir]
+    for part in parts:
+        folders.append(folders[-1] / part)
+    for folder in folders:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder.chmod(0o700)  # mkdir leaves an existing folder's mode as it was
+    return folders[-1]
+
+
 def tail(path: Path, lines: int = 30) -> str:
     if not path.exists():
         return "(no log written)"
@@ -54,7 +67,11 @@ def tail(path: Path, lines: int = 30) -> str:
 
 @dataclass
 class Server:
-    """A local server process: how to start it and how to know it is healthy."""
+    """A local server process: how to start it and how to know it is healthy.
+
+    Healthy = ``health_path`` answers over HTTP, or, for a process without a health page of its
+    own (Celery workers, the DAG processor), ``health_check`` says so; ``port`` 0 = listens on none.
+    """
 
     name: str
     command: list[str]
@@ -64,6 +81,7 @@ class Server:
     env: dict[str, str] = field(default_factory=dict)
     start_timeout: float = 180.0
     process: subprocess.Popen | None = None
+    health_check: Callable[[], bool] | None = None
 
     @property
     def url(self) -> str:
@@ -78,21 +96,24 @@ class Server:
         return self.state_dir / "pids" / f"{self.name}.pid"
 
     def healthy(self) -> bool:
+        if self.health_check is not None:
+            return self.health_check()
         try:
             with urllib.request.urlopen(self.url + self.health_path, timeout=2) as response:
                 return response.status < 500
         except (urllib.error.URLError, OSError):
             return False
 
-    def start(self) -> Server:
-        if port_in_use(self.port):
+    def start(self, wait: bool = True) -> Server:
+        """Start the process; with ``wait`` (the default) return once it is healthy."""
+        if self.port and port_in_use(self.port):
             raise StackError(
                 f"{self.name}: port {self.port} on 127.0.0.1 is already taken. Stop what uses it "
                 f"(`ss -ltnp | grep {self.port}`) or choose another port "
                 f"(LABELLOOP_{self.name.upper()}_PORT)."
             )
         for folder in (self.log_path.parent, self.pid_path.parent):
-            folder.mkdir(parents=True, exist_ok=True)
+            state_folder(self.state_dir, folder.name)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             self.command,
@@ -104,7 +125,8 @@ class Server:
             cwd=self.state_dir,
         )
         self.pid_path.write_text(str(self.process.pid))
-        self.wait_healthy()
+        if wait:
+            self.wait_healthy()
         return self
 
     def wait_healthy(self) -> None:
@@ -118,8 +140,9 @@ class Server:
             if self.healthy():
                 return
             time.sleep(1)
+        what = f"answer {self.url}{self.health_path}" if self.health_check is None else f"pass {self.health_path}"
         raise StackError(
-            f"{self.name} did not answer {self.url}{self.health_path} within "
+            f"{self.name} did not {what} within "
             f"{self.start_timeout:.0f} s. Last lines of {self.log_path}:\n{tail(self.log_path)}"
         )
 
@@ -163,11 +186,12 @@ def _alive(pid: int) -> bool:
 
 
 def labelstudio_server(
-    state_dir: Path, port: int, token: str = DEFAULT_TOKEN, venv: Path = LABELSTUDIO_VENV
+    state_dir: Path, port: int, token: str = DEFAULT_TOKEN, venv: Path = LABELSTUDIO_VENV,
+    database: Mapping[str, str] | None = None,
 ) -> Server:
-    """Label Studio in its own virtualenv, SQLite under the state folder, admin made at start."""
-    data_dir = state_dir / "labelstudio"
-    data_dir.mkdir(parents=True, exist_ok=True)
+    """Label Studio in its own virtualenv, admin made at start; its database is SQLite under the
+    state folder unless ``database`` gives Label Studio's Postgres settings (DJANGO_DB, POSTGRE_*)."""
+    data_dir = state_folder(state_dir, "labelstudio")
     executable = venv / "bin" / "label-studio"
     if not executable.exists():
         raise StackError(f"Label Studio is not installed at {executable}: run `make setup` first.")
@@ -189,6 +213,7 @@ def labelstudio_server(
         # Label Studio also reads bare USERNAME/PASSWORD: never let the caller's leak in.
         "USERNAME": DEFAULT_ADMIN,
         "PASSWORD": DEFAULT_PASSWORD,
+        **(database or {}),
     }
     command = [
         str(executable), "start", "--no-browser", "--internal-host", "127.0.0.1",
@@ -197,58 +222,81 @@ def labelstudio_server(
     return Server("labelstudio", command, port, "/health", state_dir, env, start_timeout=300)
 
 
-def mlflow_server(state_dir: Path, port: int) -> Server:
-    """MLflow tracking + registry on SQLite and local artifacts, one worker (~550 MiB)."""
-    root = state_dir / "mlflow"
-    root.mkdir(parents=True, exist_ok=True)
+def mlflow_server(
+    state_dir: Path, port: int, backend_store_uri: str | None = None,
+    artifacts_destination: str | None = None, env: Mapping[str, str] | None = None,
+) -> Server:
+    """MLflow tracking + registry, one worker (~550 MiB): SQLite and local artifacts under the
+    state folder unless given others (``env``: e.g. the S3 endpoint and credentials)."""
+    root = state_folder(state_dir, "mlflow")
     command = [
         sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
         "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", str(root / "artifacts"),
+        "--artifacts-destination", artifacts_destination or str(root / "artifacts"),
     ]
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    return Server("mlflow", command, port, "/health", state_dir, env, start_timeout=180)
+    server_env = {
+        # Through the environment, not the command line: a database URL may hold a password.
+        "MLFLOW_BACKEND_STORE_URI": backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        **(env or {}),
+    }
+    return Server("mlflow", command, port, "/health", state_dir, server_env, start_timeout=180)
 
 
-def airflow_env(state_dir: Path, port: int, connections: dict[str, dict]) -> dict[str, str]:
-    """Environment for every Airflow process of the embedded stack (and `airflow` CLI calls)."""
+#: Airflow settings of the embedded stack only: SQLite, LocalExecutor, every local user an admin.
+EMBEDDED_AIRFLOW = {
+    "AIRFLOW__CORE__PARALLELISM": "4",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "labelloop.settings.SQLITE_CONNECT_ARGS",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": "labelloop.settings.SQLITE_CONNECT_ARGS",
+    "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "4",
+    "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+    "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "true",
+}
+
+
+def airflow_env(
+    state_dir: Path, port: int, connections: dict[str, dict], deployment: Mapping[str, str] = EMBEDDED_AIRFLOW
+) -> dict[str, str]:
+    """Environment for every Airflow process (and `airflow` CLI calls): what all stacks share,
+    plus ``deployment``: executor, database and auth (the embedded stack's unless given others)."""
     home = state_dir / "airflow"
     env = {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "false",
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "labelloop.settings.SQLITE_CONNECT_ARGS",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": "labelloop.settings.SQLITE_CONNECT_ARGS",
-        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "4",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "true",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "true",
-        # MLflow's download progress bar goes to stderr, which task logs show as errors.
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        # MLflow's retries, timeouts and progress bar: settings.MLFLOW_CLIENT_ENV, applied by
+        # labelloop's MLflow code at import in every task process (the caller's environment wins).
         "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "plugins"), os.environ.get("PYTHONPATH", "")]),
         # standalone starts its components as `airflow ...` subprocesses: find this venv's.
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         settings.STATE_DIR_ENV: str(state_dir),
+        **deployment,
     }
     for conn_id, conn in connections.items():
         env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
     return env
 
 
+def airflow_process(
+    name: str, args: list[str], env: dict[str, str], state_dir: Path, port: int = 0,
+    health_path: str = "/api/v2/monitor/health", health_check: Callable[[], bool] | None = None,
+) -> Server:
+    """One `airflow <args>` process of this virtualenv, with ``env`` from ``airflow_env``."""
+    state_folder(state_dir, Path(env["AIRFLOW_HOME"]).name)
+    command = [str(Path(sys.executable).with_name("airflow")), *args]
+    return Server(name, command, port, health_path, state_dir, env, start_timeout=300, health_check=health_check)
+
+
 def airflow_server(state_dir: Path, port: int, connections: dict[str, dict]) -> Server:
     """`airflow standalone`: API server, scheduler, DAG processor and triggerer on SQLite."""
-    env = airflow_env(state_dir, port, connections)
-    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
-    command = [str(Path(sys.executable).with_name("airflow")), "standalone"]
-    return Server("airflow", command, port, "/api/v2/monitor/health", state_dir, env, start_timeout=300)
+    return airflow_process("airflow", ["standalone"], airflow_env(state_dir, port, connections), state_dir, port)
 
 
 @dataclass
@@ -320,7 +368,13 @@ def status(config: StackConfig) -> int:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m labelloop stack")
     parser.add_argument("action", choices=["up", "down", "status", "reset"])
+    parser.add_argument("--profile", choices=["embedded", "production"], default="embedded",
+                        help="production: docker-compose's stack as local processes (labelloop.production)")
     args = parser.parse_args(argv)
+    if args.profile == "production":
+        from labelloop import production
+
+        return production.main([args.action])
     config = StackConfig()
     try:
         if args.action == "up":

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from labelloop.serving.backend import MODEL_CLASS, Settings, SettingsError, create_app
+from labelloop.serving.backend import MODEL_CLASS, Settings, SettingsError, chunks_of_text, create_app
 from labelloop.spec import ProjectSpec, load_spec
 from labelloop.stack import free_port
 
@@ -238,9 +238,44 @@ def test_oversized_body_is_413_before_parsing(spec: ProjectSpec, serve: Any) -> 
     assert "over the limit of 1000" in response.json()["detail"]
 
 
+def test_a_chunked_body_is_held_to_the_limit_on_the_bytes_read(spec: ProjectSpec, serve: Any) -> None:
+    """No Content-Length (chunked transfer encoding): the guard counts what arrives."""
+    client = serve(spec, max_body_bytes=1000)
+    headers = {**BEARER, "Content-Type": "application/json"}
+    body = json.dumps(tasks("x" * 2000)).encode()
+    response = client.post("/predict", content=iter([body[:600], body[600:]]), headers=headers)
+    assert "content-length" not in response.request.headers
+    assert response.status_code == 413, response.text
+    assert "request body of more than 1000 bytes is over the limit of 1000" in response.json()["detail"]
+    small = client.post("/predict", content=iter([json.dumps(tasks(HAM)).encode()]), headers=headers)
+    assert small.status_code == 503, small.text  # read whole and parsed: no champion in this registry yet
+
+
+@pytest.mark.parametrize("fields,longest,source", [
+    ({"text": {"type": "string", "max_length": 5000}}, 5000, "source.fields.text.max_length"),
+    ({"text": {"type": "string"}}, 65536, "source.max_record_bytes"),
+], ids=["field-max-length", "record-limit"])
+def test_a_text_over_the_specs_length_cap_is_422_naming_the_limit(
+        make_spec: Any, serve: Any, fields: dict[str, Any], longest: int, source: str) -> None:
+    spec = load_spec(make_spec(source={"fields": fields}, model={"name": f"backend_test_{uuid.uuid4().hex[:10]}"}))
+    client = serve(spec)
+    response = client.post("/predict", json=tasks(HAM, "x" * (longest + 1)), headers=BEARER)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == (
+        f"1 of 2 tasks have a data.text longer than {longest} characters ({source} of project spec "
+        f"{spec.name!r}): #1 (id 2, {longest + 1} characters)")
+    assert client.post("/predict", json=tasks("x" * longest), headers=BEARER).status_code == 503  # at the cap: accepted
+
+
+def test_texts_are_predicted_in_chunks_of_bounded_size() -> None:
+    rows = [{"text": "x" * size} for size in (40, 30, 50, 200, 10)]
+    sizes = [[len(row["text"]) for row in chunk] for chunk in chunks_of_text(rows, "text", max_chars=100)]
+    assert sizes == [[40, 30], [50], [200], [10]]  # order kept; a long text goes alone
+
+
 def test_setup_rejects_a_label_config_that_is_not_the_specs(spec: ProjectSpec, serve: Any) -> None:
     client = serve(spec)
-    other = '<View><Text name="text" value="$text"/><Choices name="sentiment" toName="text"><Choice value="pos"/></Choices></View>'
+    other = '<View><Text name="text" value="$text"/><Choices name="sentiment" toName="text"><Choice value="pos"/><Choice value="neg"/></Choices></View>'
     response = client.post("/setup", json={"project": "1.1", "schema": other}, headers=BEARER)
     assert response.status_code == 422 and "no <Choices name='label'>" in response.json()["detail"]
     relabeled = spec.labeling_config_xml.replace('"spam"', '"junk"')
