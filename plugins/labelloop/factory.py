@@ -6,9 +6,11 @@ database, no connections, no heavy imports. Tasks import what they need when the
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pendulum
 from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, task
@@ -18,6 +20,26 @@ from labelloop.spec import ProjectSpec, SpecError, load_specs
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
 DEFAULT_ARGS = {"owner": "labelloop", "retries": 3, "retry_delay": timedelta(seconds=30),
                 "retry_exponential_backoff": True}
+_Task = TypeVar("_Task", bound=Callable[..., Any])
+
+
+def fails_without_retry(func: _Task) -> _Task:
+    """A broken state file (``labelloop.state.StateError``) reads the same on every try: fail the task
+    at once with the error's advice instead of retrying. (The state module stays free of Airflow;
+    this is the one place that knows what a failure means to a task.)"""
+
+    @functools.wraps(func)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from labelloop.state import StateError
+
+        try:
+            return func(*args, **kwargs)
+        except StateError as error:
+            raise AirflowFailException(str(error)) from error
+
+    return run  # type: ignore[return-value]
 
 
 def project_dag(spec: ProjectSpec, stage: str, *, description: str, schedule: Any, doc_md: str = "",
@@ -86,15 +108,17 @@ def ingest_dag(spec: ProjectSpec) -> DAG:
         schedule=spec.schedules.ingest,
         doc_md="Lists new objects, validates and de-duplicates their records, pre-labels them with "
                "the champion model when there is one, and imports them in batches. Every record "
-               "ends imported, duplicate or quarantined; see the run summary in the task's XCom.",
+               "ends imported, duplicate or quarantined; see the run summary in the task's XCom. "
+               "`announce` updates the tasks Asset (collect listens) only when tasks were imported.",
     ) as dag:
 
-        @task(outlets=[tasks_asset(spec)])
+        @task
+        @fails_without_retry
         def ingest(spec_path: str, **context: Any) -> dict[str, Any]:
             from labelloop.hooks.labelstudio import LabelStudioHook
             from labelloop.ingest.pipeline import Ingest, ingest_counts_line
-            from labelloop.model.prelabel import load_predictor
-            from labelloop.model.retrain import queue_generation
+            from labelloop.model.prelabel import RegistryError, load_predictor
+            from labelloop.model.retrain import leave_for_refresh, queue_generation
             from labelloop.project import ensure_project
 
             spec = _load(spec_path)
@@ -104,17 +128,37 @@ def ingest_dag(spec: ProjectSpec) -> DAG:
             # Scheduled runs take objects modified before their interval's end; a person who
             # triggers by hand wants what is there now.
             cutoff = run.run_after if run.run_type == "manual" else context.get("data_interval_end") or run.run_after
-            predictor = load_predictor(spec)
+            try:
+                predictor, registry_down = load_predictor(spec), None
+            except RegistryError as error:  # annotators keep getting tasks; the refresh pre-labels them
+                predictor, registry_down = None, str(error)
             generation = queue_generation(spec) if predictor else 0
             summary = Ingest(spec, hook, context["run_id"], predictor, generation).run(project_id, cutoff)
-            print(f"ingest {summary['run']}: {summary['objects']} objects; {ingest_counts_line(summary)}")
+            summary["prelabels"] = ("by the champion" if predictor else "none (no champion model)"
+                                    if registry_down is None else f"NONE, left to the next refresh: {registry_down}")
+            if registry_down and summary["imported"]:
+                leave_for_refresh(spec, summary["run"], registry_down)
+            print(f"ingest {summary['run']}: {summary['objects']} objects; {ingest_counts_line(summary)}; "
+                  f"pre-labels {summary['prelabels']}")
             for skipped in summary["skipped_objects"]:
                 print(f"skipped object {skipped['object']}: {skipped['reason']}")
             if not summary["balanced"]:
                 raise RuntimeError(f"counts do not add up: {ingest_counts_line(summary)}")
             return {key: value for key, value in summary.items() if key != "per_object"}
 
-        ingest(str(spec.spec_path))
+        @task(outlets=[tasks_asset(spec)])
+        def announce(summary: dict[str, Any], **context: Any) -> None:
+            """Start collect only when there are new tasks. Airflow records an outlet's asset event
+            only for a task that succeeds, so a run that imported nothing skips here."""
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            if not summary["imported"]:
+                raise AirflowSkipException(
+                    f"ingest {summary['run']} imported no tasks: collect is not started")
+            context["outlet_events"][tasks_asset(spec)].extra = {"run": summary["run"],
+                                                                 "imported": summary["imported"]}
+
+        announce(ingest(str(spec.spec_path)))
     return dag
 
 
@@ -138,6 +182,7 @@ def collect_dag(spec: ProjectSpec) -> DAG:
     ) as dag:
 
         @task(outlets=[annotations_asset(spec)])
+        @fails_without_retry
         def collect(spec_path: str, **context: Any) -> dict[str, Any]:
             from labelloop.collect.snapshot import collect as collect_snapshot
             from labelloop.hooks.labelstudio import LabelStudioHook
@@ -168,6 +213,7 @@ def audit_dag(spec: ProjectSpec) -> DAG:
     ) as dag:
 
         @task
+        @fails_without_retry
         def audit(spec_path: str, **context: Any) -> dict[str, Any]:
             from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
@@ -185,6 +231,7 @@ def audit_dag(spec: ProjectSpec) -> DAG:
             return outcome
 
         @task
+        @fails_without_retry
         def route(spec_path: str, outcome: dict[str, Any]) -> dict[str, Any]:
             from labelloop.audit.run import route_audit
             from labelloop.hooks.labelstudio import LabelStudioHook
@@ -231,6 +278,7 @@ def _tracking_uri() -> str:
     return uri
 
 
+@fails_without_retry
 def _refresh(spec_path: str) -> dict[str, Any]:
     from labelloop.hooks.labelstudio import LabelStudioHook
     from labelloop.model.retrain import refresh_prelabels
@@ -269,6 +317,7 @@ def retrain_dag(spec: ProjectSpec) -> DAG:
     ) as dag:
 
         @task
+        @fails_without_retry
         def train(spec_path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
             from airflow.sdk.exceptions import AirflowSkipException
 

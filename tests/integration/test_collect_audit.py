@@ -3,7 +3,8 @@
 30 SMS tasks (15 spam, 15 ham, about half of them gold) get 3 answers each from 4 simulated
 annotators (90 annotations, ~6 s of POSTs). Collect must give back exactly who answered
 what; audit must write its report, route doubtful items to the review project once, take
-a reviewer's answer as the adjudicated label, and pass or fail the gate as the thresholds say.
+a reviewer's answer as the adjudicated label, route nothing more while nobody annotates,
+and pass or fail the gate as the thresholds say. Ingest starts collect only with new tasks.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from labelloop.audit.prepare import audit_labels
 from labelloop.audit.routing import review_title, select_for_review
 from labelloop.collect.snapshot import collect
 from labelloop.collect.table import ANNOTATIONS_SCHEMA, latest_snapshot, read_parquet, read_snapshot
-from labelloop.factory import quality_passed_asset
+from labelloop.factory import quality_passed_asset, tasks_asset
 from labelloop.ingest.pipeline import Ingest, storage_path
 from labelloop.ingest.state import read_json, run_key
 from labelloop.project import ensure_project
@@ -72,7 +73,8 @@ def task_states(run: Any) -> dict[str, str]:
 def test_collect_audit_review_loop(run_dag, labelstudio_hook, make_spec, tmp_path, monkeypatch) -> None:
     hook = labelstudio_hook
     write_sms(tmp_path / "raw")
-    path = make_spec(annotation={"gold_fraction": 0.5})
+    # A large spot check: a fresh draw per audit (the old behaviour) would route new items.
+    path = make_spec(annotation={"gold_fraction": 0.5}, quality={"spot_check_fraction": 0.5})
     spec = load_spec(path)
     project_id, _ = ensure_project(hook, spec)
     assert Ingest(spec, hook, "manual__seed").run(project_id)["imported"] == 30
@@ -125,6 +127,7 @@ def test_collect_audit_review_loop(run_dag, labelstudio_hook, make_spec, tmp_pat
     assert read_json(out / "gate.json", {})["passed"]
     assert read_json(root / "audit" / "passed.json", {})["audit"] == run_key(audit.run_id)
     assert asset_events(passed_asset) == 1
+    assert read_json(root / "audit" / "latest.json", {})["review"]["answered_since_last_audit"] == 30
 
     from mlflow import MlflowClient
 
@@ -141,6 +144,7 @@ def test_collect_audit_review_loop(run_dag, labelstudio_hook, make_spec, tmp_pat
     review = hook.find_project(review_title(spec))
     routed = list(hook.iter_tasks(review.id, fields="all"))
     assert expected and sorted(t.data["labelloop_task_id"] for t in routed) == sorted(expected)
+    assert metrics["review"]["spot_check"], "the first audit spot-checks the new items"
     for task in routed:
         mine = {(email[u], label) for t, u, label in answers if t == task.data["labelloop_task_id"]}
         shown = {(p.model_version, p.result[0]["value"]["choices"][0]) for p in task.predictions}
@@ -161,6 +165,10 @@ def test_collect_audit_review_loop(run_dag, labelstudio_hook, make_spec, tmp_pat
     assert (after["label"], after["source"]) == (corrected, "adjudicated")
     hashes = [t.data["labelloop_hash"] for t in hook.iter_tasks(review.id)]
     assert len(hashes) == len(set(hashes)), "an item was routed twice"
+    # No annotation since the first audit: nothing to spot-check, nothing new routed.
+    assert hook.task_count(review.id) == len(routed)
+    assert read_json(root / "audit" / run_key(again.run_id) / "metrics.json", {})["review"]["spot_check"] == []
+    assert read_json(root / "audit" / "latest.json", {})["review"]["answered_since_last_audit"] == 0
     assert len(client.search_runs([experiment.experiment_id])) == 2
 
     # Thresholds the data cannot meet: the gate fails, says why, notifies, and emits nothing.
@@ -179,6 +187,25 @@ def test_collect_audit_review_loop(run_dag, labelstudio_hook, make_spec, tmp_pat
     assert not read_json(root / "audit" / run_key(failed.run_id) / "gate.json", {})["passed"]
     assert asset_events(passed_asset) == 2  # the two passing audits only
     assert read_json(root / "audit" / "passed.json", {})["audit"] == run_key(again.run_id)
+    assert hook.task_count(review.id) == len(routed), "a second audit without new annotations routed items"
+
+
+def test_ingest_starts_collect_only_when_it_imported_tasks(run_dag, labelstudio_hook, make_spec, tmp_path) -> None:
+    """The tasks Asset (collect's trigger) gets an event from a run that imported tasks, none
+    from a run that found nothing new."""
+    write_sms(tmp_path / "raw", per_label=2)
+    path = make_spec()
+    spec = load_spec(path)
+    asset = tasks_asset(spec).name
+
+    first = run_dag(path, "ingest")
+    assert first.state == "success" and task_states(first) == {"ingest": "success", "announce": "success"}
+    assert asset_events(asset) == 1
+
+    nothing_new = run_dag(path, "ingest")
+    assert nothing_new.state == "success"
+    assert asset_events(asset) == 1, "an ingest that imported nothing started collect"
+    assert task_states(nothing_new) == {"ingest": "success", "announce": "skipped"}
 
 
 def test_empty_project_gives_an_empty_snapshot_and_nothing_to_audit(run_dag, labelstudio_hook, make_spec) -> None:

@@ -10,7 +10,14 @@ import pyarrow as pa
 import pytest
 
 from labelloop.audit.gate import LogNotifier, evaluate_gate, gate_notifier
-from labelloop.audit.prepare import adjudicated_labels, audit_labels, gold_frame
+from labelloop.audit.prepare import (
+    adjudicated_labels,
+    answered_at,
+    answered_since,
+    audit_labels,
+    gold_frame,
+    record_seen,
+)
 from labelloop.audit.routing import review_tasks, select_for_review
 from labelloop.collect.export import annotation_rows, task_rows
 from labelloop.collect.table import ANNOTATIONS_SCHEMA, TASKS_SCHEMA, to_frame, to_table
@@ -130,3 +137,37 @@ def test_review_selection_and_tasks() -> None:
     assert [(p["model_version"], p["result"][0]["value"]["choices"]) for p in made[0]["predictions"]] == [
         ("a", ["ham"]), ("b", ["spam"])]
     assert made[0]["predictions"][0]["result"][0]["to_name"] == "text"
+
+
+def test_only_items_answered_since_the_last_audit_are_new(tables) -> None:
+    annotations = tables["annotations"]
+    answered = answered_at(annotations)
+    assert list(answered_since(answered, {}, "r1")) == [1, 2]  # the first audit: every item
+    seen = record_seen(answered, {}, "r1")
+    assert seen == {"1": {"answered_at": answered[1], "run": "r1"}, "2": {"answered_at": answered[2], "run": "r1"}}
+    assert answered_since(answered, seen, "r2").empty  # nothing answered since: no spot check
+    assert list(answered_since(answered, seen, "r1")) == [1, 2]  # a re-run of r1 draws as r1 did
+
+    # A later skip of task 1 is no answer; a later answer on task 2 makes task 2 new, and only it.
+    last = annotations["updated_at"].max()
+    skip = annotations.iloc[[0]].assign(annotation_id=6, annotator_id=7, annotator_email="sim2@example.org",
+                                        label=None, was_cancelled=True, updated_at=last + pd.Timedelta("1s"))
+    answer = annotations.iloc[[3]].assign(annotation_id=7, annotator_id=7, annotator_email="sim2@example.org",
+                                          updated_at=last + pd.Timedelta("2s"))
+    answered = answered_at(pd.concat([annotations, skip, answer], ignore_index=True))
+    assert list(answered_since(answered, seen, "r2")) == [2]
+    after = record_seen(answered, seen, "r2")
+    assert (after["1"]["run"], after["2"]["run"]) == ("r1", "r2")
+    assert answered_since(answered, after, "r3").empty
+
+
+def test_the_audit_spot_checks_only_the_items_given() -> None:
+    labels = pd.DataFrame({"item_id": [1, 1, 2, 2, 3, 3, 4, 4], "annotator_id": ["a", "b"] * 4,
+                           "label": ["ham", "spam", "ham", "ham", "spam", "spam", "ham", "ham"]})
+    everything = run_audit(labels, method="majority", spot_check_fraction=1.0).metrics["review"]
+    assert everything["spot_check"] == [1, 2, 3, 4]
+    new_only = run_audit(labels, method="majority", spot_check_fraction=1.0, spot_check_among=[2, 3])
+    assert new_only.metrics["review"]["spot_check"] == [2, 3]
+    nothing_new = run_audit(labels, method="majority", spot_check_fraction=1.0, spot_check_among=[])
+    assert nothing_new.metrics["review"]["spot_check"] == []
+    assert nothing_new.metrics["review"]["n_disagreements"] == 1  # the rest of the audit is unchanged

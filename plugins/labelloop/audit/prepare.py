@@ -1,7 +1,8 @@
 """From a collect snapshot's tables to the quality library's inputs: pure pandas.
 
 The audit's item is the Label Studio task (``item_id`` = task id: always present and
-unique, while external ids may be missing); the annotator is shown by e-mail.
+unique, while external ids may be missing); the annotator is shown by e-mail. The spot
+check draws only from items answered since the audits before (``answered_since``).
 """
 
 from __future__ import annotations
@@ -63,3 +64,38 @@ def adjudicated_labels(review_annotations: pd.DataFrame) -> pd.Series | None:
         return None
     return pd.Series(rows["label"].astype(str).to_numpy(), name="label",
                      index=pd.Index(rows["source_task_id"].astype("int64").to_numpy(), name="item_id"))
+
+
+#: What the audit remembers of an item: when its latest answer was made or changed, and the
+#: audit run that first saw the item so answered.
+Seen = dict[str, str]
+
+
+def answered_at(annotations: pd.DataFrame) -> pd.Series:
+    """Per task id, when its latest counted answer was made or last changed (ISO text, UTC).
+
+    The audit keeps this per item: an item whose time moved has answers no audit has seen.
+    """
+    rows = _answered(annotations)
+    latest = rows.groupby(rows["task_id"].astype("int64"))["updated_at"].max()
+    return latest.map(lambda stamp: stamp.isoformat()).rename_axis("item_id")
+
+
+def answered_since(answered: pd.Series, seen: dict[str, Seen], run: str) -> pd.Index:
+    """Task ids whose answers ``seen`` does not hold yet: new or changed since, or first seen by
+    ``run`` itself (so a re-run of an audit draws the same spot check as its first attempt)."""
+
+    def unseen(task_id: int, at: str) -> bool:
+        before = seen.get(str(task_id))
+        return before is None or before["answered_at"] != at or before["run"] == run
+
+    return pd.Index([task_id for task_id, at in answered.items() if unseen(task_id, at)],
+                    dtype="int64", name="item_id")
+
+
+def record_seen(answered: pd.Series, seen: dict[str, Seen], run: str) -> dict[str, Seen]:
+    """``seen`` after ``run``: every item of the snapshot, with the answers ``run`` saw; items
+    whose answers did not change keep the run that first saw them."""
+    fresh = set(answered_since(answered, seen, run))
+    return {str(task_id): {"answered_at": at, "run": run} if task_id in fresh else seen[str(task_id)]
+            for task_id, at in answered.items()}

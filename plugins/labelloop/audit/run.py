@@ -6,6 +6,8 @@ Layout under ``<storage_uri>/audit/``::
     latest.json      the last audit: {"audit": "<run>", "snapshot": ..., "gate": {...}}
     history.json     compact metrics of earlier audits (the report's "agreement over time")
     passed.json      the last audit that passed the gate: what retraining reads
+    seen.json.gz     per task id, the answers the spot checks were drawn from (written by
+                     routing): the next audit spot-checks only items answered since
 """
 
 from __future__ import annotations
@@ -25,20 +27,33 @@ from airflow.sdk import ObjectStoragePath
 
 from labelloop import settings
 from labelloop.audit.gate import evaluate_gate, pooled_gold_accuracy
-from labelloop.audit.prepare import adjudicated_labels, audit_labels, gold_frame
+from labelloop.audit.prepare import (
+    adjudicated_labels,
+    answered_at,
+    answered_since,
+    audit_labels,
+    gold_frame,
+    record_seen,
+)
 from labelloop.audit.routing import route
 from labelloop.collect.table import latest_snapshot, read_parquet, read_snapshot, snapshot_folder
 from labelloop.hooks.labelstudio import LabelStudioHook
 from labelloop.ingest.pipeline import storage_path
-from labelloop.ingest.state import read_json, run_key, write_json
+from labelloop.ingest.state import run_key
 from labelloop.quality import AuditResult, run_audit, write_audit
 from labelloop.quality.audit import Method
 from labelloop.spec import ProjectSpec
+from labelloop.state import read_json, write_atomically, write_json
 
 log = logging.getLogger(__name__)
 AUDIT = "audit"
 METHODS: dict[str, Method] = {"majority": "majority", "dawid_skene": "dawid-skene"}
 HISTORY_KEPT = 100
+SEEN = "seen.json.gz"
+SEEN_REMEDY = "delete it: the next audit then draws its spot check from every item again"
+HISTORY_REMEDY = ("restore it from a backup, or delete it: the report's agreement-over-time chart then "
+                  "starts again from the next audit")
+RERUN = "clear the audit task of that run to write its outputs again"
 CONSENSUS_SCHEMA = pa.schema([
     ("task_id", pa.int64()), ("item_id", pa.string()), ("item_hash", pa.string()), ("label", pa.string()),
     ("confidence", pa.float64()), ("source", pa.string()),
@@ -68,7 +83,7 @@ def consensus_table(result: AuditResult, tasks: pd.DataFrame) -> pa.Table:
 def _history(root: ObjectStoragePath, run: str, metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """Record this audit in history.json; return the audits before it (oldest first)."""
     path = root / AUDIT / "history.json"
-    earlier = [entry for entry in read_json(path, []) if entry["run_id"] != run]
+    earlier = [entry for entry in read_json(path, [], expect=list, remedy=HISTORY_REMEDY) if entry["run_id"] != run]
     gold = metrics["gold"]
     entry = {"run_id": run, "agreement": metrics["agreement"],
              "gold": None if gold is None else {"consensus_accuracy": gold["consensus_accuracy"]}}
@@ -87,10 +102,11 @@ def audit_latest(spec: ProjectSpec, run_id: str) -> dict[str, Any]:
     if labels["annotator_id"].nunique() < 2:
         raise NothingToAudit(f"snapshot {folder.name} has {len(labels)} answers from "
                              f"{labels['annotator_id'].nunique()} annotators; agreement needs two or more")
+    fresh = answered_since(answered_at(tables["annotations"]), read_seen(root), run)
     result = run_audit(
         labels, gold_frame(tables["tasks"], labels), METHODS[spec.quality.consensus],
         adjudicated=adjudicated_labels(tables["review_annotations"]), seed=seed_of(run),
-        spot_check_fraction=spec.quality.spot_check_fraction,
+        spot_check_fraction=spec.quality.spot_check_fraction, spot_check_among=fresh,
         low_confidence_threshold=spec.quality.min_consensus_confidence, run_id=run,
     )
     gate = evaluate_gate(result.metrics, spec.quality).to_dict(spec.name)
@@ -104,26 +120,38 @@ def audit_latest(spec: ProjectSpec, run_id: str) -> dict[str, Any]:
         (local / "gate.json").write_text(json.dumps(gate, indent=1), encoding="utf-8")
         out.mkdir(parents=True, exist_ok=True)
         for file in sorted(local.iterdir()):
-            (out / file.name).write_bytes(file.read_bytes())
+            write_atomically(out / file.name, file.read_bytes())
         mlflow_run = log_to_mlflow(spec, run, result.metrics, gate, local)
     outcome = {"audit": run, "uri": str(out), "snapshot": folder.name, "gate": gate, "mlflow_run_id": mlflow_run,
                "counts": result.metrics["counts"],
-               "review": {"spot_check": len(result.metrics["review"]["spot_check"]),
+               "review": {"answered_since_last_audit": len(fresh),
+                          "spot_check": len(result.metrics["review"]["spot_check"]),
                           "low_confidence": len(result.metrics["review"]["low_confidence"]),
                           "disagreements": result.metrics["review"]["n_disagreements"]}}
     write_json(root / AUDIT / "latest.json", {k: v for k, v in outcome.items() if k != "uri"})
     return outcome
 
 
+def read_seen(root: ObjectStoragePath) -> dict[str, dict[str, str]]:
+    """What earlier audits' spot checks were drawn from (see ``audit.prepare.record_seen``)."""
+    return read_json(root / AUDIT / SEEN, {}, expect=dict, remedy=SEEN_REMEDY)
+
+
 def route_audit(spec: ProjectSpec, hook: LabelStudioHook, outcome: dict[str, Any]) -> dict[str, Any]:
-    """Route the items an audit picked (``outcome`` from ``audit_latest``) to the review project."""
-    root = root_of(spec)
+    """Route the items an audit picked (``outcome`` from ``audit_latest``) to the review project.
+
+    Then record the answers this audit's spot check was drawn from, so the next audit draws
+    only from items answered since; a failed routing records nothing and its items stay due.
+    """
+    root, run = root_of(spec), outcome["audit"]
     tables = read_snapshot(snapshot_folder(root, outcome["snapshot"]))
-    out = root / AUDIT / outcome["audit"]
+    out = root / AUDIT / run
     consensus = read_parquet(out / "consensus.parquet")[["task_id", "label", "confidence", "source"]]
     consensus = consensus.rename(columns={"task_id": "item_id"}).astype({"item_id": "int64"})
-    return route(hook, spec, outcome["audit"], audit_labels(tables["annotations"]), consensus,
-                 read_json(out / "metrics.json", {}), tables["tasks"])
+    routed = route(hook, spec, run, audit_labels(tables["annotations"]), consensus,
+                   read_json(out / "metrics.json", {}, expect=dict, remedy=RERUN), tables["tasks"])
+    write_json(root / AUDIT / SEEN, record_seen(answered_at(tables["annotations"]), read_seen(root), run))
+    return routed
 
 
 def mark_passed(spec: ProjectSpec, outcome: dict[str, Any]) -> dict[str, Any]:
@@ -158,13 +186,24 @@ def _scalars(metrics: dict[str, Any], gate: dict[str, Any]) -> dict[str, float]:
 
 def log_to_mlflow(spec: ProjectSpec, run: str, metrics: dict[str, Any], gate: dict[str, Any],
                   folder: Path) -> str | None:
-    """One MLflow run per audit run (a re-run updates it); skipped without an MLflow connection."""
-    from labelloop.model.prelabel import tracking_uri
+    """One MLflow run per audit run (a re-run updates it). Best effort: without an MLflow
+    connection, or with MLflow down, the audit is complete without it (its files are in storage)."""
+    from labelloop.model.prelabel import RegistryError, registry_errors, tracking_uri
 
     uri = tracking_uri()
     if uri is None:
         log.info("no Airflow connection %r: the audit is not logged to MLflow", settings.MLFLOW_CONN_ID)
         return None
+    try:
+        with registry_errors(uri, f"logging audit {run}"):
+            return _log_run(uri, spec, run, metrics, gate, folder)
+    except RegistryError as error:
+        log.warning("audit %s is complete but not logged to MLflow (a re-run of this run logs it): %s", run, error)
+        return None
+
+
+def _log_run(uri: str, spec: ProjectSpec, run: str, metrics: dict[str, Any], gate: dict[str, Any],
+             folder: Path) -> str:
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 

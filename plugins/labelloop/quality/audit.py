@@ -7,6 +7,7 @@ an audit computes. It returns data only; ``report.write_audit`` writes the files
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -87,6 +88,7 @@ def run_audit(
     adjudicated: pd.Series | None = None,
     seed: int = 0,
     spot_check_fraction: float = 0.05,
+    spot_check_among: Collection[Any] | None = None,
     min_shared: int = DEFAULT_MIN_SHARED,
     low_confidence_threshold: float = 0.7,
     run_id: str | None = None,
@@ -95,7 +97,8 @@ def run_audit(
 
     ``gold`` (item_id, label) scores annotators and the consensus, then overrides it;
     ``adjudicated`` (Series by item_id) overrides the consensus where gold does not.
-    ``seed`` drives the spot-check draw; ``run_id`` is stored for the history plot.
+    ``seed`` drives the spot-check draw, ``spot_check_among`` limits it to those items (None:
+    all); ``run_id`` is stored for the history plot.
     Raises ``InputError`` for input a person must fix.
     """
     if method not in METHODS:
@@ -148,7 +151,8 @@ def run_audit(
         "annotators": _records(annotators),
         "pairwise_kappa": _records(pairs),
         "review": {
-            "spot_check": _plain(list(spot_check_sample(labels, spot_check_fraction, seed))),
+            "spot_check": _plain(list(
+                spot_check_sample(labels, spot_check_fraction, seed, among=spot_check_among))),
             "low_confidence": _plain(list(low_confidence(raw, low_confidence_threshold))),
             "n_disagreements": len(disagreements(labels)),
         },

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
 from .agreement import ITEM, encode
 
 
-def spot_check_sample(labels: pd.DataFrame, fraction: float = 0.05, seed: int = 0) -> pd.Index:
+def spot_check_sample(labels: pd.DataFrame, fraction: float = 0.05, seed: int = 0,
+                      among: Collection[Any] | None = None) -> pd.Index:
     """Item ids for a spot check, stratified by (annotator, label).
 
     Each stratum gives ``ceil(fraction * size)`` of its labels, so every annotator's use of
@@ -16,9 +20,17 @@ def spot_check_sample(labels: pd.DataFrame, fraction: float = 0.05, seed: int = 
     strata appears once. Each item gets one random key shared by all strata, so strata
     tend to pick the same items and the review stays small. The draw depends only on the
     labels and the seed, not on row order. Ids come back sorted.
+
+    ``among`` limits the draw to those items (e.g. the ones answered since the last spot
+    check, so nobody checks an unchanged item twice); the strata are then made of their labels
+    only. None draws from every item.
     """
     if not 0 <= fraction <= 1:
         raise ValueError(f"fraction must be between 0 and 1, got {fraction}")
+    if among is not None:
+        labels = labels[labels[ITEM].isin(list(among))]
+        if labels.empty:
+            return pd.Index([], name=ITEM)
     enc = encode(labels)
     stratum = enc.annotator * enc.n_labels + enc.label
     key = np.random.default_rng(seed).random(enc.n_items)[enc.item]

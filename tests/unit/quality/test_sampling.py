@@ -63,3 +63,19 @@ def test_disagreements_and_low_confidence() -> None:
                               "confidence": [0.5, 1.0, 0.4]})  # fmt: skip
     assert low_confidence(consensus, threshold=0.7).tolist() == ["3", "1"]
     assert low_confidence(consensus, threshold=0.4).empty
+
+
+def test_spot_check_draws_only_among_the_items_given(rte_labels) -> None:
+    items = rte_labels["item_id"].drop_duplicates().sort_values()
+    new = set(items.iloc[::3])  # a third of the items were answered since the last spot check
+    sample = spot_check_sample(rte_labels, fraction=0.2, seed=5, among=new)
+    assert len(sample) and set(sample) <= new
+    # Strata are made of the new items' labels only: each still gets at least ceil(fraction).
+    fresh = rte_labels[rte_labels["item_id"].isin(new)]
+    sizes = fresh.groupby(["annotator_id", "label"]).size()
+    assert (strata_covered(fresh, sample) >= np.ceil(0.2 * sizes)).all()
+    # The same draw as on the new items' labels alone; nothing new, nothing drawn.
+    assert sample.equals(spot_check_sample(fresh, fraction=0.2, seed=5))
+    assert spot_check_sample(rte_labels, fraction=0.2, seed=5, among=[]).empty
+    assert spot_check_sample(rte_labels, fraction=0.2, seed=5, among=None).equals(
+        spot_check_sample(rte_labels, fraction=0.2, seed=5))
