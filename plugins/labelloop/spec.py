@@ -184,13 +184,29 @@ class ProjectSpec(_Strict):
         """The object tag the control labels (to_name in results)."""
         return LabelingConfig.parse(self.labeling_config_xml, self.control_name).to_name
 
+    @cached_property
+    def control_names(self) -> list[str]:
+        """Every control of the labeling config (collect keeps each one's results verbatim)."""
+        from labelloop.tasktypes import read_controls
+
+        return [t.control.name for t in read_controls(self.labeling_config_xml, str(self.labeling_config))]
+
+    @cached_property
+    def comment_controls(self) -> list[str]:
+        """The TextArea controls annotators use to flag unclear items (listed in the report)."""
+        from labelloop.tasktypes import read_controls
+
+        return [t.control.name for t in read_controls(self.labeling_config_xml, str(self.labeling_config))
+                if t.kind == "comment"]
+
     @property
     def dag_prefix(self) -> str:
         return f"labelloop__{self.name}"
 
 
-#: The task types every stage of the loop carries today (ingest, collect, audit, retrain).
-LOOP_KINDS = ("choices",)
+#: The task types every stage of the loop carries today (ingest, collect, audit, retrain);
+#: comments (a TextArea) are collected verbatim and listed in the report, not audited.
+LOOP_KINDS = ("choices", "comment")
 
 
 @dataclass(frozen=True)
@@ -215,7 +231,7 @@ class LabelingConfig:
         if control is None:
             raise ValueError(f"{where} has no <Choices name={control_name!r}>; control_name must be one of "
                              f"{sorted(t.control.name for t in controls)}")
-        others = [t.control.describe() for t in controls if t.control is not control]
+        others = [t.control.describe() for t in controls if t.control is not control and t.kind != "comment"]
         if others:
             raise ValueError(f"{where}: {', '.join(others)} besides {control.describe()}: the loop audits "
                              f"one control per project today, so a second control's answers would be dropped; "

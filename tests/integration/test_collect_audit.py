@@ -138,7 +138,7 @@ def test_collect_audit_review_loop(run_dag, labelstudio_hook, make_spec, tmp_pat
     assert {a.path for a in client.list_artifacts(mlflow_run.info.run_id)} >= {"report.html", "metrics.json"}
 
     consensus = read_parquet(out / "consensus.parquet")
-    expected = select_for_review(audit_labels(annotations),
+    expected = select_for_review(audit_labels(annotations, spec.control_name),
                                  consensus.drop(columns="item_id").rename(columns={"task_id": "item_id"}),
                                  metrics["review"]["spot_check"], metrics["review"]["low_confidence"])
     review = hook.find_project(review_title(spec))

@@ -37,16 +37,16 @@ def frame(rows: list[dict], schema: pa.Schema) -> pd.DataFrame:
 def tables() -> dict[str, pd.DataFrame]:
     project = json.loads((DATA / "project.json").read_text())
     review = json.loads((DATA / "review-project.json").read_text())
-    return {"annotations": frame(annotation_rows(project, "label"), ANNOTATIONS_SCHEMA),
+    return {"annotations": frame(annotation_rows(project, ["label"]), ANNOTATIONS_SCHEMA),
             "tasks": frame(task_rows(project), TASKS_SCHEMA),
-            "review_annotations": frame(annotation_rows(review, "label"), ANNOTATIONS_SCHEMA)}
+            "review_annotations": frame(annotation_rows(review, ["label"]), ANNOTATIONS_SCHEMA)}
 
 
 def test_labels_drop_skips_and_keep_the_latest_answer_per_annotator(tables) -> None:
     annotations = tables["annotations"]
     later = annotations.iloc[[0]].assign(annotation_id=99, label="ham",
                                          updated_at=annotations["updated_at"].max() + pd.Timedelta("1s"))
-    labels = audit_labels(pd.concat([annotations, later], ignore_index=True))
+    labels = audit_labels(pd.concat([annotations, later], ignore_index=True), "label")
     assert sorted(map(tuple, labels.to_numpy().tolist())) == [
         (1, "admin@labelloop.local", "spam"), (1, "sim0@example.org", "ham"), (1, "sim1@example.org", "ham"),
         (2, "sim0@example.org", "ham"),
@@ -54,16 +54,16 @@ def test_labels_drop_skips_and_keep_the_latest_answer_per_annotator(tables) -> N
 
 
 def test_gold_only_for_labelled_gold_tasks(tables) -> None:
-    labels = audit_labels(tables["annotations"])
+    labels = audit_labels(tables["annotations"], "label")
     gold = gold_frame(tables["tasks"], labels)
     assert gold.to_dict("records") == [{"item_id": 1, "label": "spam"}]
     assert gold_frame(tables["tasks"], labels[labels["item_id"] == 2]) is None
 
 
 def test_adjudications_by_main_task(tables) -> None:
-    adjudicated = adjudicated_labels(tables["review_annotations"])
+    adjudicated = adjudicated_labels(tables["review_annotations"], "label")
     assert adjudicated.to_dict() == {20: "spam"}
-    assert adjudicated_labels(tables["review_annotations"].iloc[:0]) is None
+    assert adjudicated_labels(tables["review_annotations"].iloc[:0], "label") is None
 
 
 def metrics_for(alpha: float | None, kappa: float | None, confidence: float, accuracy: float | None) -> dict:

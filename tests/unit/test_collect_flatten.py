@@ -30,7 +30,7 @@ def by_annotation(rows: list[dict]) -> dict[int, dict]:
 
 
 def test_one_row_per_annotation_with_annotator_label_and_item(project) -> None:
-    rows = annotation_rows(project, "label")
+    rows = annotation_rows(project, ["label"])
     assert set(rows[0]) == set(ANNOTATIONS_SCHEMA.names)
     assert [(r["task_id"], r["annotator_email"], r["label"]) for r in rows] == [
         (1, "sim0@example.org", "spam"), (1, "sim1@example.org", "ham"), (1, "admin@labelloop.local", "spam"),
@@ -45,7 +45,7 @@ def test_one_row_per_annotation_with_annotator_label_and_item(project) -> None:
 
 
 def test_skips_ground_truth_and_labels_that_are_not_gold(project) -> None:
-    rows = by_annotation(annotation_rows(project, "label"))
+    rows = by_annotation(annotation_rows(project, ["label"]))
     assert rows[4]["was_cancelled"] and rows[4]["label"] is None
     assert rows[5]["ground_truth"] and not rows[1]["ground_truth"]
     # Task 2 has no known label; task 3 (no annotations) has one but is not gold.
@@ -56,13 +56,37 @@ def test_skips_ground_truth_and_labels_that_are_not_gold(project) -> None:
     assert json.loads(tasks[1]["data"])["text"] == "win a prize now"
 
 
-def test_other_controls_are_ignored_and_no_answer_still_gives_a_row(project) -> None:
-    assert {r["label"] for r in annotation_rows(project, "other_control")} == {None}
-    assert len(annotation_rows(project, "other_control")) == 5
+def test_every_control_gets_a_row_and_unknown_controls_are_kept(project) -> None:
+    rows = annotation_rows(project, ["other_control"])
+    other = [r for r in rows if r["control"] == "other_control"]
+    assert len(other) == 5 and {r["label"] for r in other} == {None} and {r["result"] for r in other} == {"[]"}
+    # A control the config does not name is not dropped: its results stay, verbatim.
+    kept = [r for r in rows if r["control"] == "label"]
+    assert {r["label"] for r in kept} == {"spam", "ham"}
+    assert all(json.loads(r["result"])[0]["from_name"] == "label" for r in kept)
+
+
+def test_spans_every_chosen_label_and_comments_are_kept_verbatim(project) -> None:
+    """Nothing is flattened away: offsets, several labels and free text come back as given."""
+    tasks = copy.deepcopy(project)
+    spans = [{"from_name": "ner", "to_name": "text", "type": "labels", "id": "s1",
+              "value": {"start": 0, "end": 3, "text": "win", "labels": ["MISC"]}},
+             {"from_name": "ner", "to_name": "text", "type": "labels", "id": "s2",
+              "value": {"start": 6, "end": 11, "text": "prize", "labels": ["PER"]}}]
+    tags = [{"from_name": "tags", "to_name": "text", "type": "choices", "value": {"choices": ["b", "a"]}}]
+    comment = [{"from_name": "note", "to_name": "text", "type": "textarea", "value": {"text": ["unclear <b>", "é"]}}]
+    tasks[0]["annotations"][0]["result"] = spans + tags + comment
+    rows = [r for r in annotation_rows(tasks, ["ner", "tags", "note", "label"]) if r["annotation_id"] == 1]
+    by_control = {r["control"]: r for r in rows}
+    assert sorted(by_control) == ["label", "ner", "note", "tags"]
+    assert json.loads(by_control["ner"]["result"]) == spans and by_control["ner"]["label"] is None
+    assert json.loads(by_control["tags"]["result"]) == tags and by_control["tags"]["label"] == "a|b"
+    assert json.loads(by_control["note"]["result"]) == comment
+    assert by_control["label"]["result"] == "[]"  # its answer was replaced above: no result, one row
 
 
 def test_review_project_rows_point_at_the_main_task(review) -> None:
-    rows = annotation_rows(review, "label")
+    rows = annotation_rows(review, ["label"])
     assert len(rows) == 1
     row = rows[0]
     assert (row["task_id"], row["source_task_id"], row["label"], row["lead_time"]) == (34, 20, "spam", 7.25)
@@ -77,16 +101,16 @@ def test_review_decisions_from_an_enterprise_export(project) -> None:
         {"id": 1, "accepted": False, "created_at": "2026-01-02T00:00:00Z", "created_by": {"id": 9, "email": "rev@x"}},
         {"id": 2, "accepted": True, "created_at": "2026-01-03T00:00:00Z", "created_by": {"id": 9, "email": "rev@x"}},
     ]
-    row = by_annotation(annotation_rows(tasks, "label"))[1]
+    row = by_annotation(annotation_rows(tasks, ["label"]))[1]
     assert (row["review_status"], row["reviewed_by"], row["reviewed_at"]) == ("accepted", "rev@x", "2026-01-03T00:00:00Z")
-    assert by_annotation(annotation_rows(project, "label"))[1]["review_status"] is None
+    assert by_annotation(annotation_rows(project, ["label"]))[1]["review_status"] is None
 
 
 def test_completed_by_as_a_bare_id_still_flattens(project) -> None:
     tasks = copy.deepcopy(project)
     for annotation in tasks[0]["annotations"]:
         annotation["completed_by"] = annotation["completed_by"]["id"]
-    row = annotation_rows(tasks, "label")[0]
+    row = annotation_rows(tasks, ["label"])[0]
     assert (row["annotator_id"], row["annotator_email"]) == (2, None)
 
 
@@ -100,7 +124,7 @@ def test_answers_of_other_tag_kinds() -> None:
 
 
 def test_tables_have_the_schema_even_when_empty(project) -> None:
-    table = to_table(annotation_rows(project, "label"), ANNOTATIONS_SCHEMA)
+    table = to_table(annotation_rows(project, ["label"]), ANNOTATIONS_SCHEMA)
     assert table.schema == ANNOTATIONS_SCHEMA and table.num_rows == 5
     assert table.column("created_at")[0].as_py() == datetime(2026, 11, 28, 18, 10, 42, 444959, tzinfo=timezone.utc)
     empty = to_table([], ANNOTATIONS_SCHEMA)
@@ -109,7 +133,7 @@ def test_tables_have_the_schema_even_when_empty(project) -> None:
 
 
 def test_counts(project, review) -> None:
-    counts = snapshot_counts(annotation_rows(project, "label"), task_rows(project), annotation_rows(review, "label"))
+    counts = snapshot_counts(annotation_rows(project, ["label"]), task_rows(project), annotation_rows(review, ["label"]))
     assert counts == {"tasks": 3, "labelled_tasks": 2, "annotations": 4, "cancelled": 1, "rows": 5,
                       "annotators": 3, "review_annotations": 1}
 
@@ -120,7 +144,7 @@ def test_snapshot_is_rewritten_by_its_run_and_latest_only_moves_forward(project,
     from labelloop.collect.table import latest_snapshot, point_latest, read_snapshot, write_snapshot
 
     root = ObjectStoragePath(f"file://{tmp_path}")
-    tables = {"annotations": to_table(annotation_rows(project, "label"), ANNOTATIONS_SCHEMA),
+    tables = {"annotations": to_table(annotation_rows(project, ["label"]), ANNOTATIONS_SCHEMA),
               "tasks": to_table(task_rows(project), TASKS_SCHEMA),
               "review_annotations": to_table([], ANNOTATIONS_SCHEMA)}
     assert latest_snapshot(root) is None
@@ -142,6 +166,6 @@ def test_prediction_an_annotation_started_from(project) -> None:
     tasks = copy.deepcopy(project)
     annotation = tasks[0]["annotations"][1]
     annotation["prediction"] = {}
-    assert annotation_rows(tasks, "label")[1]["prediction_model_version"] is None
+    assert annotation_rows(tasks, ["label"])[1]["prediction_model_version"] is None
     annotation["parent_prediction"] = 1
-    assert annotation_rows(tasks, "label")[1]["prediction_model_version"] == "m1"
+    assert annotation_rows(tasks, ["label"])[1]["prediction_model_version"] == "m1"

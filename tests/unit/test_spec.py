@@ -89,7 +89,7 @@ CHOICES = '<Choices name="label" toName="text"><Choice value="ham"/><Choice valu
          '</KeyPointLabels>', "<KeyPointLabels name='label'> on <Image> is not supported"),
         (TEXT + CHOICES.replace('toName="text"', 'toName="text" choice="multiple"'),
          "<Choices name='label'> on <Text> is not supported; supported: <Choices> with one choice per item"),
-        (f'{TEXT}{CHOICES}<TextArea name="comment" toName="text"/>', "<TextArea name='comment'> on <Text> is not supported"),
+        (f'{TEXT}{CHOICES}<Labels name="ner" toName="text"><Label value="a"/><Label value="b"/></Labels>', "<Labels name='ner'> on <Text> is not supported"),
         (f'{TEXT}{CHOICES}{CHOICES.replace("label", "other")}',
          "<Choices name='other'> besides <Choices name='label'>: the loop audits one control"),
         (f'{TEXT}{CHOICES}{CHOICES}', "more than one control is named 'label'; names must be unique"),

@@ -102,7 +102,7 @@ def test_a_missing_file_is_the_default_and_a_leftover_temporary_file_is_no_journ
 def write_collect_run(root: ObjectStoragePath, run: str, run_after: str) -> bool:
     """What collect.snapshot.collect does after the export: the snapshot, then the pointer."""
     tasks = json.loads(EXPORT.read_text())
-    annotations, items = annotation_rows(tasks, "label"), task_rows(tasks)
+    annotations, items = annotation_rows(tasks, ["label"]), task_rows(tasks)
     counts = snapshot_counts(annotations, items, [])
     tables = {"annotations": to_table(annotations, ANNOTATIONS_SCHEMA), "tasks": to_table(items, TASKS_SCHEMA),
               "review_annotations": to_table([], ANNOTATIONS_SCHEMA)}

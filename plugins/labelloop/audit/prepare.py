@@ -7,9 +7,14 @@ check draws only from items answered since the audits before (``answered_since``
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from labelloop.tasktypes import TaskType
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +32,15 @@ def annotator_key(rows: pd.DataFrame) -> pd.Series:
         rows["annotator_email"].notna(), "user " + rows["annotator_id"].astype(str))
 
 
-def audit_labels(annotations: pd.DataFrame) -> pd.DataFrame:
-    """The tidy frame ``item_id, annotator_id, label`` (item = task id), one answer per pair."""
-    rows = _answered(annotations)
+def of_control(rows: pd.DataFrame, control: str) -> pd.DataFrame:
+    """The rows of one control (the table has a row per annotation and control)."""
+    return rows[rows["control"] == control]
+
+
+def audit_labels(annotations: pd.DataFrame, control: str) -> pd.DataFrame:
+    """The tidy frame ``item_id, annotator_id, label`` (item = task id) of the single-choice
+    ``control``, one answer per pair."""
+    rows = _answered(of_control(annotations, control))
     return pd.DataFrame({
         "item_id": rows["task_id"].astype("int64").to_numpy(),
         "annotator_id": annotator_key(rows).astype(str).to_numpy(),
@@ -55,15 +66,33 @@ def gold_frame(tasks: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame | None
     return gold if len(gold) else None
 
 
-def adjudicated_labels(review_annotations: pd.DataFrame) -> pd.Series | None:
+def adjudicated_labels(review_annotations: pd.DataFrame, control: str) -> pd.Series | None:
     """The reviewers' answers by task id of the main project (the latest answer wins)."""
-    rows = review_annotations[review_annotations["source_task_id"].notna()]
+    rows = of_control(review_annotations, control)
+    rows = rows[rows["source_task_id"].notna()]
     rows = _answered(rows).sort_values(["updated_at", "annotation_id"], kind="stable")
     rows = rows.drop_duplicates("source_task_id", keep="last")
     if rows.empty:
         return None
     return pd.Series(rows["label"].astype(str).to_numpy(), name="label",
                      index=pd.Index(rows["source_task_id"].astype("int64").to_numpy(), name="item_id"))
+
+
+def comments(annotations: pd.DataFrame, controls: list[TaskType]) -> list[dict[str, Any]]:
+    """What annotators wrote in the comment controls, verbatim: one entry per task, annotator
+    and control, with the latest answer's text (skipped annotations included: a person who
+    skips an unclear item is the one most likely to say why)."""
+    listed = []
+    for task_type in controls:
+        rows = of_control(annotations, task_type.control.name)
+        rows = rows.sort_values(["updated_at", "annotation_id"], kind="stable").drop_duplicates(
+            ["task_id", "annotator_id"], keep="last")
+        for row, who in zip(rows.itertuples(), annotator_key(rows)):
+            where = f"annotation {row.annotation_id} of task {row.task_id}"
+            for answer in task_type.answer_rows(json.loads(row.result), {}, where):
+                listed.append({"item_id": int(row.task_id), "annotator_id": str(who),
+                               "control": task_type.control.name, "text": answer["text"]})
+    return sorted(listed, key=lambda entry: (entry["item_id"], entry["annotator_id"]))
 
 
 #: What the audit remembers of an item: when its latest answer was made or changed, and the

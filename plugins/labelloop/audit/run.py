@@ -32,6 +32,7 @@ from labelloop.audit.prepare import (
     answered_at,
     answered_since,
     audit_labels,
+    comments,
     gold_frame,
     record_seen,
 )
@@ -98,17 +99,18 @@ def audit_latest(spec: ProjectSpec, run_id: str) -> dict[str, Any]:
     if folder is None:
         raise NothingToAudit(f"no collect snapshot under {root / 'collect'} yet; run the collect DAG first")
     tables = read_snapshot(folder)
-    labels = audit_labels(tables["annotations"])
+    labels = audit_labels(tables["annotations"], spec.control_name)
     if labels["annotator_id"].nunique() < 2:
         raise NothingToAudit(f"snapshot {folder.name} has {len(labels)} answers from "
                              f"{labels['annotator_id'].nunique()} annotators; agreement needs two or more")
     fresh = answered_since(answered_at(tables["annotations"]), read_seen(root), run)
     result = run_audit(
         labels, gold_frame(tables["tasks"], labels), METHODS[spec.quality.consensus],
-        adjudicated=adjudicated_labels(tables["review_annotations"]), seed=seed_of(run),
+        adjudicated=adjudicated_labels(tables["review_annotations"], spec.control_name), seed=seed_of(run),
         spot_check_fraction=spec.quality.spot_check_fraction, spot_check_among=fresh,
         low_confidence_threshold=spec.quality.min_consensus_confidence, run_id=run,
     )
+    result.metrics["comments"] = comments(tables["annotations"], comment_types(spec))
     gate = evaluate_gate(result.metrics, spec.quality).to_dict(spec.name)
     history = _history(root, run, result.metrics)
     out = root / AUDIT / run
@@ -132,6 +134,13 @@ def audit_latest(spec: ProjectSpec, run_id: str) -> dict[str, Any]:
     return outcome
 
 
+def comment_types(spec: ProjectSpec) -> list[Any]:
+    """The spec's comment controls as task types (their text is listed in the report)."""
+    from labelloop.tasktypes import read_controls
+
+    return [t for t in read_controls(spec.labeling_config_xml, str(spec.labeling_config)) if t.kind == "comment"]
+
+
 def read_seen(root: ObjectStoragePath) -> dict[str, dict[str, str]]:
     """What earlier audits' spot checks were drawn from (see ``audit.prepare.record_seen``)."""
     return read_json(root / AUDIT / SEEN, {}, expect=dict, remedy=SEEN_REMEDY)
@@ -148,7 +157,7 @@ def route_audit(spec: ProjectSpec, hook: LabelStudioHook, outcome: dict[str, Any
     out = root / AUDIT / run
     consensus = read_parquet(out / "consensus.parquet")[["task_id", "label", "confidence", "source"]]
     consensus = consensus.rename(columns={"task_id": "item_id"}).astype({"item_id": "int64"})
-    routed = route(hook, spec, run, audit_labels(tables["annotations"]), consensus,
+    routed = route(hook, spec, run, audit_labels(tables["annotations"], spec.control_name), consensus,
                    read_json(out / "metrics.json", {}, expect=dict, remedy=RERUN), tables["tasks"])
     write_json(root / AUDIT / SEEN, record_seen(answered_at(tables["annotations"]), read_seen(root), run))
     return routed

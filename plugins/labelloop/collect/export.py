@@ -1,14 +1,18 @@
 """Flatten a Label Studio JSON export into tidy rows: pure Python, no server, no Airflow.
 
-One row per annotation result of the spec's control (an annotation with no such result,
-such as a skip, still gives one row with an empty label), and one row per task. Column
-meanings are in docs/collect-audit.md; ``table`` fixes their names and types.
+One row per annotation and control: the control's results verbatim, as JSON text in
+``result`` (spans with their offsets, every chosen label, boxes, comments: nothing is
+flattened away), and for a choices control its answer in ``label`` as well. Every control
+of the config gets a row (an annotation without results for it, such as a skip, gives
+``[]``), and so does any other control a result names, so nothing an annotator did is
+dropped. One row per task. Column meanings are in docs/collect-audit.md; ``table`` fixes
+their names and types.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from labelloop.ingest.validate import HASH_FIELD, ID_FIELD
@@ -81,8 +85,9 @@ def _item(task: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def annotation_rows(tasks: Iterable[dict[str, Any]], control_name: str) -> list[dict[str, Any]]:
-    """One row per result of ``control_name`` per annotation (columns: ``table.ANNOTATIONS_SCHEMA``)."""
+def annotation_rows(tasks: Iterable[dict[str, Any]], controls: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per annotation and control (columns: ``table.ANNOTATIONS_SCHEMA``); ``controls``
+    are the config's control names, and controls only a result names get rows too."""
     rows = []
     for task in tasks:
         item = _item(task)
@@ -106,11 +111,21 @@ def annotation_rows(tasks: Iterable[dict[str, Any]], control_name: str) -> list[
                 "reviewed_by": reviewer,
                 "reviewed_at": reviewed_at,
             }
-            answers = [answer(result.get("value") or {}) for result in annotation.get("result") or []
-                       if result.get("from_name") == control_name]
-            for label in answers or [None]:
-                rows.append({**base, "label": label})
+            results = [result for result in annotation.get("result") or [] if isinstance(result, dict)]
+            named = [str(result.get("from_name")) for result in results]
+            for control in dict.fromkeys([*controls, *named]):
+                own = [result for result in results if result.get("from_name") == control]
+                rows.append({**base, "control": control, "label": choices_answer(own),
+                             "result": json.dumps(own, ensure_ascii=False, sort_keys=True)})
     return rows
+
+
+def choices_answer(results: list[dict[str, Any]]) -> str | None:
+    """The label column: a choices control's answer (several joined with ``|``), else None."""
+    if not results or any(result.get("type") != "choices" for result in results):
+        return None
+    chosen = [answer(result.get("value") or {}) for result in results]
+    return "|".join(sorted(label for label in chosen if label)) or None
 
 
 def task_rows(tasks: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

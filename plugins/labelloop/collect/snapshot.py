@@ -14,7 +14,7 @@ from labelloop.ingest.state import run_key
 from labelloop.spec import ProjectSpec
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: a row per annotation and control, with its results verbatim
 
 
 def _export(hook: LabelStudioHook, title: str, run: str) -> tuple[int | None, list[dict[str, Any]]]:
@@ -31,8 +31,8 @@ def collect(spec: ProjectSpec, hook: LabelStudioHook, run_id: str, run_after: st
     run = run_key(run_id)
     project_id, tasks = _export(hook, spec.title, run)
     review_id, review_tasks = _export(hook, review_title(spec), run)
-    annotations = annotation_rows(tasks, spec.control_name)
-    reviews = annotation_rows(review_tasks, spec.control_name)
+    annotations = annotation_rows(tasks, spec.control_names)
+    reviews = annotation_rows(review_tasks, spec.control_names)
     items = task_rows(tasks)
     counts = snapshot_counts(annotations, items, reviews)
     manifest = {

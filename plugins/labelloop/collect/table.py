@@ -2,7 +2,7 @@
 
 Layout under ``<storage_uri>/collect/``::
 
-    snapshots/<run>/annotations.parquet         one row per annotation result (main project)
+    snapshots/<run>/annotations.parquet         one row per annotation and control (main project)
     snapshots/<run>/tasks.parquet               one row per task, with its data as JSON
     snapshots/<run>/review_annotations.parquet  the review project's answers (same columns)
     snapshots/<run>/manifest.json               written last: a folder with it is complete
@@ -33,7 +33,8 @@ _TIME = pa.timestamp("us", tz="UTC")
 ANNOTATIONS_SCHEMA = pa.schema([
     ("task_id", pa.int64()), ("item_id", pa.string()), ("item_hash", pa.string()),
     ("annotation_id", pa.int64()), ("annotator_id", pa.int64()), ("annotator_email", pa.string()),
-    ("label", pa.string()), ("lead_time", pa.float64()), ("created_at", _TIME), ("updated_at", _TIME),
+    ("control", pa.string()), ("label", pa.string()), ("result", pa.string()),
+    ("lead_time", pa.float64()), ("created_at", _TIME), ("updated_at", _TIME),
     ("was_cancelled", pa.bool_()), ("ground_truth", pa.bool_()),
     ("prediction_model_version", pa.string()), ("prediction_score", pa.float64()),
     ("gold_label", pa.string()), ("known_label", pa.string()),

@@ -91,7 +91,20 @@ def choice_sections(metrics: dict[str, Any], history: Sequence[dict[str, Any]] =
     if history:
         sections.append(_figure("Agreement over time", _history_plot([*history, metrics])))
     sections.append(_annotator_table(metrics["annotators"]))
+    if metrics.get("comments") is not None:
+        sections.append(comment_section(metrics["comments"]))
     return sections
+
+
+def comment_section(comments: list[dict[str, Any]]) -> str:
+    """What annotators wrote, per item and annotator, verbatim (escaped), for the leads."""
+    if not comments:
+        return "<p>No annotator left a comment.</p>"
+    body = "".join(f"<tr><td>{html.escape(str(row['item_id']))}</td><td>{html.escape(str(row['annotator_id']))}</td>"
+                   f"<td style=\"text-align:left;white-space:pre-wrap\">{html.escape(str(row['text']))}</td></tr>"
+                   for row in comments)
+    return ("<h3>Annotator comments</h3><table><tr><th>item</th><th>annotator</th><th>comment</th></tr>"
+            f"{body}</table>")
 
 
 def table_sections(metrics: dict[str, Any]) -> list[str]:

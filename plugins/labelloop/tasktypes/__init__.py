@@ -13,12 +13,13 @@ from labelloop.errors import InputError
 
 from .base import Control, ControlAudit, TaskType
 from .choices import SingleChoice
+from .comments import Comment
 from .multichoice import MultipleChoice
 from .rectangles import Rectangles
 from .spans import Spans
 
 #: Every task type, in the order the "supported" message lists them.
-TASK_TYPES: tuple[type[TaskType], ...] = (SingleChoice, MultipleChoice, Spans, Rectangles)
+TASK_TYPES: tuple[type[TaskType], ...] = (SingleChoice, MultipleChoice, Spans, Rectangles, Comment)
 
 
 def supported(kinds: tuple[str, ...] | None = None) -> str:
@@ -58,7 +59,7 @@ def read_controls(xml: str, where: str = "labeling config", kinds: tuple[str, ..
             raise InputError(f"{where}: {described} offers {len(labels)} value(s); give it at least two")
         found.append(task_type(Control(
             tag=tag.tag, name=name, to_name=to_name, labels=labels, attributes=dict(tag.attrib),
-            object_tag=target.tag, object_field=target.get("value", "")[1:])))
+            object_tag=target.tag, object_field=target.get("value", "")[1:], kind=task_type.kind)))
     if not found:
         raise InputError(f"{where} has no control tag (a tag with toName); supported: {supported(kinds)}")
     return found

@@ -112,7 +112,7 @@ def audit_answers(answers_path: Path, controls: list[TaskType], gold_path: Path 
     for task_type in controls:
         name = task_type.control.name
         frame = answers.frames[name]
-        if frame.empty:
+        if frame.empty and task_type.control.kind != "comment":
             raise InputError(f"{answers_path}: no answers for {task_type.control.describe()}")
         gold_frame = None if gold is None else gold.frames[name].drop(columns="annotator_id")
         data = {**(gold.data if gold else {}), **answers.data}
@@ -151,12 +151,15 @@ def write_consensus(path: Path, lines: list[dict[str, Any]]) -> Path:
 
 
 def metrics_document(audits: list[ControlAudit]) -> dict[str, Any]:
-    """metrics.json: every control under ``controls``; with one control, its metrics also at
-    the top level, so a single-control project reads ``annotators[].f1`` directly."""
-    controls = {audit.control.name: {"kind": audit.control.tag, **audit.metrics} for audit in audits}
+    """metrics.json: every control under ``controls``; with one audited control (comments are
+    listed, not audited), its metrics also at the top level, so a single-control project reads
+    ``annotators[].f1`` directly."""
+    controls = {audit.control.name: {"kind": audit.control.kind, "tag": audit.control.tag, **audit.metrics}
+                for audit in audits}
     document: dict[str, Any] = {"schema_version": 2, "controls": controls}
-    if len(audits) == 1:
-        document = {**audits[0].metrics, **document}
+    audited = [audit for audit in audits if audit.control.kind != "comment"]
+    if len(audited) == 1:
+        document = {**audited[0].metrics, **document}
     return document
 
 

@@ -29,6 +29,7 @@ class Control:
     attributes: dict[str, str] = field(default_factory=dict)
     object_tag: str = ""  # the tag it labels: Text, Image, ...
     object_field: str = ""  # the task-data key of that object ($text -> text)
+    kind: str = ""  # its task type's kind
 
     def describe(self) -> str:
         return f"<{self.tag} name={self.name!r}>"

@@ -48,7 +48,7 @@ def test_choices_in_result_format_equal_the_csv_audit(rte_files, rte_labels, rte
         assert line["result"] == [choice(expected.loc[line["item_id"], "label"])]
         assert line["confidence"] == pytest.approx(expected.loc[line["item_id"], "confidence"], abs=1e-6)
     metrics = json.loads((rte_files["out"] / "metrics.json").read_text())
-    assert metrics["controls"]["label"]["kind"] == "Choices"
+    assert (metrics["controls"]["label"]["kind"], metrics["controls"]["label"]["tag"]) == ("choices", "Choices")
     assert metrics["annotators"] == metrics["controls"]["label"]["annotators"]
     assert "<h2>&lt;Choices name=&#x27;label&#x27;&gt;</h2>" in (rte_files["out"] / "report.html").read_text()
 
