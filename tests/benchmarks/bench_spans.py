@@ -130,7 +130,8 @@ def conll_figures(folder: Path, min_items: int = 50) -> None:
     print("|---|---:|---:|---:|---:|")
     methods = {
         "token-level majority vote (`TokenMajorityVote`)": lambda: TokenMajorityVote().fit_predict(crowd, texts),  # noqa: E501
-        "span-level Dawid-Skene, shrinkage auto (`SpanDawidSkene()`)": lambda: SpanDawidSkene().fit_predict(crowd),  # noqa: E501
+        "span-level Dawid-Skene + text prior (`SpanDawidSkene().fit(crowd, texts)`)": lambda: SpanDawidSkene().fit_predict(crowd, texts),  # noqa: E501
+        "span-level Dawid-Skene, votes only, shrinkage auto (`SpanDawidSkene().fit(crowd)`)": lambda: SpanDawidSkene().fit_predict(crowd),  # noqa: E501
         "span-level Dawid-Skene, no shrinkage (`SpanDawidSkene(shrinkage=0)`)": lambda: SpanDawidSkene(shrinkage=0).fit_predict(crowd),  # noqa: E501
     }  # fmt: skip
     for name, method in methods.items():
@@ -174,6 +175,7 @@ def main() -> int:
             lambda: f"median F1 {gold_span_scores(spans, gold)['f1'].median():.3f}",
         "TokenMajorityVote": lambda: f"F1 {span_f1(TokenMajorityVote().fit_predict(spans, texts), gold)['f1']:.3f}",  # noqa: E501
         "SpanDawidSkene": lambda: f"F1 {span_f1(SpanDawidSkene().fit_predict(spans), gold)['f1']:.3f}",  # noqa: E501
+        "SpanDawidSkene with texts (text prior)": lambda: f"F1 {span_f1(SpanDawidSkene().fit_predict(spans, texts), gold)['f1']:.3f}",  # noqa: E501
     }  # fmt: skip
     required = ("agreement: pairwise_span_f1 + span_agreement",
                 "gold_span_scores (every item has gold)", "SpanDawidSkene")  # fmt: skip

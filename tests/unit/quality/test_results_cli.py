@@ -173,7 +173,7 @@ def test_spans_on_real_crowd_answers(tmp_path: Path, capsys) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     gold_spans = {(it["id"], s, e, label) for it in items for s, e, label in it["gold"]}
     answered = {a["item_id"] for a in crowd}
-    assert metrics["gold"]["f1"] > 0.70  # token-level majority vote: 0.653
+    assert metrics["gold"]["f1"] > 0.76  # token-level majority vote: 0.653; votes alone: 0.719
     errors = sum(metrics["gold"][key] for key in ("label_errors", "boundary_errors", "label_and_boundary_errors",
                                                    "false_spans"))
     assert metrics["gold"]["n_spans"] == metrics["gold"]["exact_matches"] + errors

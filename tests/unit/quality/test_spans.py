@@ -174,6 +174,21 @@ def test_consensus_beats_token_majority_vote_on_real_crowd(conll: dict) -> None:
     assert consensus > majority + 0.05
     assert model.spans_["confidence"].between(0, 1).all()
     assert set(model.item_confidence_.index) == set(crowd["item_id"])
+    assert model.text_rounds_ == 0  # no texts: votes only
+
+
+def test_text_prior_lifts_consensus_on_real_crowd(conll: dict) -> None:
+    """With the texts, each candidate's prior comes from a text model fitted to the EM
+    posteriors (cross-fitted): 0.719 -> 0.772 on dev; published DS on test is 0.744."""
+    crowd, gold, texts = conll["crowd"], conll["gold"], conll["texts"]
+    model = SpanDawidSkene().fit(crowd, texts)
+    with_text = span_f1(model.spans_, gold)
+    votes_only = span_f1(SpanDawidSkene(text_prior=False).fit_predict(crowd, texts), gold)
+    assert with_text["f1"] >= 0.76
+    assert with_text["f1"] > votes_only["f1"] + 0.04
+    assert with_text["precision"] > votes_only["precision"]  # junk spans sunk
+    assert 1 <= model.text_rounds_ <= 20
+    assert model.spans_["confidence"].between(0, 1).all()
 
 
 def test_token_majority_vote_on_unaligned_spans() -> None:
