@@ -15,13 +15,11 @@ Not a pytest test: the name does not match test_*.py.
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
 import itertools
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -30,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from peak_memory import peak_rss_mib, reset_peak_rss
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "plugins"))
@@ -167,17 +166,6 @@ CASES: dict[str, tuple[str, str, str, Callable[..., object]]] = {
                     crowd_kit_dawid_skene),
     "ours_audit": ("whole audit", "labelloop run_audit", OURS, ours_full_audit),
 }  # fmt: skip
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def reset_peak_rss() -> float:
-    """Reset the peak-RSS counter (Linux >= 4.0) and return the current RSS in MiB."""
-    gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")
-    return peak_rss_mib()
 
 
 def run_case(name: str, n_items: int) -> None:

@@ -14,10 +14,8 @@ Not a pytest test: the name does not match test_*.py.
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -28,6 +26,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "plugins"))
 
+from peak_memory import peak_rss_mib, reset_peak_rss  # noqa: E402
 from labelloop.quality.boxes import (  # noqa: E402
     BoxAgreement,
     BoxConsensus,
@@ -67,18 +66,12 @@ def synthesize(n_images: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     return boxes, gold
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=100_000)
     args = parser.parse_args()
     boxes, gold = synthesize(args.images)
-    gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")
-    baseline = peak_rss_mib()
+    baseline = reset_peak_rss()
     timings = {}
     started = time.perf_counter()
     for name, run in [

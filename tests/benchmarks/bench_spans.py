@@ -18,11 +18,9 @@ Not a pytest test: the name does not match test_*.py.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -33,6 +31,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "plugins"))
 
+from peak_memory import peak_rss_mib, reset_peak_rss  # noqa: E402
 from labelloop.quality.spans import (  # noqa: E402
     SpanDawidSkene,
     TokenMajorityVote,
@@ -104,16 +103,6 @@ def synthesize(n_items: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
     return spans, gold, texts
 
 
-def peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def reset_peak() -> float:
-    gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")
-    return peak_mib()
-
-
 def conll_figures(folder: Path, min_items: int = 50) -> None:
     """Exact-span F1 against gold of the consensus methods and of single workers."""
     with open(folder / "items.jsonl", encoding="utf-8") as lines:
@@ -183,14 +172,14 @@ def main() -> int:
     print("|---|---:|---:|---:|---:|---|")
     total, total_cpu, top = 0.0, 0.0, 0.0
     for name, case in cases.items():
-        baseline = reset_peak()
+        baseline = reset_peak_rss()
         started, started_cpu = time.perf_counter(), time.process_time()
         note = case()
         seconds, cpu = time.perf_counter() - started, time.process_time() - started_cpu
         if name in required:
             total, total_cpu = total + seconds, total_cpu + cpu
-        top = max(top, peak_mib())
-        print(f"| {name} | {seconds:.2f} | {cpu:.2f} | {peak_mib():.0f} | {baseline:.0f} | "
+        top = max(top, peak_rss_mib())
+        print(f"| {name} | {seconds:.2f} | {cpu:.2f} | {peak_rss_mib():.0f} | {baseline:.0f} | "
               f"{note} |", flush=True)  # fmt: skip
     checks = [(f"agreement + gold scoring + SpanDawidSkene in {total:.1f} s wall, "
                f"{total_cpu:.1f} s CPU (< 30 s)", total < 30),
