@@ -118,6 +118,6 @@ class RecordValidator:
         label = record.get(self.label_field)
         if label is None or label == "":
             return None
-        if label not in self.labels:
+        if not isinstance(label, str) or label not in self.labels:
             raise InvalidRecord(f"unknown label {label!r} in field {self.label_field!r}; allowed: {self.label_list}")
         return label
