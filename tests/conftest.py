@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.secret_scan import secret
+
 # Before anything imports airflow: a private home, SQLite, no examples.
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="labelloop-tests-"))
 os.environ["AIRFLOW_HOME"] = str(_SESSION_DIR / "airflow")
@@ -26,7 +28,7 @@ os.environ["LABELLOOP_STATE_DIR"] = str(_SESSION_DIR / "state")
 REPO = Path(__file__).resolve().parents[1]
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
 SMS = REPO / "include" / "demo" / "sms-spam" / "messages.jsonl"
-TOKEN = "labelloop-test-token-0123456789abcdef"
+TOKEN = secret("labelloop-test-token-0123456789abcdef")
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +69,7 @@ def s3_server() -> Iterator[str]:
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
     os.environ[f"AIRFLOW_CONN_{AWS_CONN_ID.upper()}"] = json.dumps({
-        "conn_type": "aws", "login": "testing", "password": "testing",
+        "conn_type": "aws", "login": "testing", "password": secret("s3-secret-key-of-the-tests-0123456789"),
         "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
     })
     yield endpoint
@@ -143,3 +145,49 @@ def mlflow_server(session_dir: Path) -> Iterator[Any]:
     os.environ["MLFLOW_TRACKING_URI"] = server.url
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def production_stack(session_dir: Path) -> Iterator[Any]:
+    """The production profile (labelloop.production), started once; its databases dropped at the end.
+
+    Where Postgres or Redis is missing this fails, never skips: the StackError says how to start them.
+    """
+    from labelloop.production import ProductionProfile
+
+    projects = session_dir / "production-projects"
+    projects.mkdir()
+    profile = ProductionProfile.create(session_dir / "production", projects_dir=projects)
+    profile.require_services()
+    try:
+        yield profile.start()
+    finally:
+        profile.stop()
+        profile.drop()
+
+
+# --- no secret in any log (tests/secret_scan.py) --------------------------------------------
+_LEAKS: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Search each test's captured stdout, stderr and log records for registered secrets."""
+    from tests.secret_scan import leaks_in_text
+
+    for name, text in report.sections:
+        _LEAKS.extend(leaks_in_text(f"{report.nodeid} ({name})", text))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """After the run, search every file the session's servers and tasks wrote; a leak fails it."""
+    from tests.secret_scan import SECRETS, leaks_in_files
+
+    leaks = _LEAKS + leaks_in_files(_SESSION_DIR)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"secret scan: {len(SECRETS)} secrets, {len(leaks)} found in logs or output "
+                            f"under {_SESSION_DIR}")
+        for leak in leaks:
+            reporter.write_line(f"  LEAK {leak}", red=True)
+    if leaks:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -25,9 +25,10 @@ from labelloop.spec import load_spec
 from labelloop.stack import free_port
 
 from tests.unit.test_backend_app import HAM, SPAM, register_champion
+from tests.secret_scan import secret
 
 pytestmark = pytest.mark.integration
-TOKEN = "backend-integration-token-0123456789"
+TOKEN = secret("backend-integration-token-0123456789")
 AUTH = httpx.BasicAuth("labelloop", TOKEN)
 
 

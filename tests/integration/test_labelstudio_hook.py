@@ -10,6 +10,7 @@ import pytest
 
 from labelloop.hooks.labelstudio import LabelStudioError, LabelStudioHook, data_filter
 from labelloop.stack import free_port
+from tests.secret_scan import secret
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +38,7 @@ def test_legacy_token_and_personal_access_token(labelstudio, labelstudio_hook, m
 
 
 def test_bad_token_and_unreachable_server_fail_clearly(labelstudio, monkeypatch) -> None:
-    token = "bad-token-SECRET-0123456789"
+    token = secret("bad-token-SECRET-0123456789")
     bad = use_connection(monkeypatch, "ls_bad", labelstudio.url, token)
     ok, message = bad.test_connection()
     assert not ok and "refused or is unreachable" in message and "401" in message

@@ -22,11 +22,12 @@ from labelloop.spec import load_spec
 from labelloop.stack import free_port
 
 from tests.integration.test_backend import served_version, wait_until
+from tests.secret_scan import secret
 
 pytestmark = pytest.mark.integration
 SMS = Path(__file__).resolve().parents[2] / "include" / "demo" / "sms-spam" / "messages.jsonl"
 ACCURACIES = [0.75, 0.8, 0.85, 0.9, 0.95]
-BACKEND_TOKEN = "loop-backend-token-0123456789abcdef"
+BACKEND_TOKEN = secret("loop-backend-token-0123456789abcdef")
 
 
 def _version(prediction) -> str:

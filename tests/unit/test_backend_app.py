@@ -24,8 +24,9 @@ from fastapi.testclient import TestClient
 from labelloop.serving.backend import MODEL_CLASS, Settings, SettingsError, chunks_of_text, create_app
 from labelloop.spec import ProjectSpec, load_spec
 from labelloop.stack import free_port
+from tests.secret_scan import secret
 
-TOKEN = "backend-test-token-0123456789"
+TOKEN = secret("backend-test-token-0123456789")
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 SPAM = "WIN a FREE prize now, claim your cash"
 HAM = "see you at lunch, thanks"
@@ -277,7 +278,7 @@ def test_setup_rejects_a_label_config_that_is_not_the_specs(spec: ProjectSpec, s
     client = serve(spec)
     other = '<View><Text name="text" value="$text"/><Choices name="sentiment" toName="text"><Choice value="pos"/><Choice value="neg"/></Choices></View>'
     response = client.post("/setup", json={"project": "1.1", "schema": other}, headers=BEARER)
-    assert response.status_code == 422 and "no <Choices name='label'>" in response.json()["detail"]
+    assert response.status_code == 422 and "no control named 'label'" in response.json()["detail"]
     relabeled = spec.labeling_config_xml.replace('"spam"', '"junk"')
     response = client.post("/setup", json={"project": "1.1", "schema": relabeled}, headers=BEARER)
     assert response.status_code == 422 and "['ham', 'junk']" in response.json()["detail"]
