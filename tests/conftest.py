@@ -158,6 +158,8 @@ def production_stack(session_dir: Path) -> Iterator[Any]:
     projects = session_dir / "production-projects"
     projects.mkdir()
     profile = ProductionProfile.create(session_dir / "production", projects_dir=projects)
+    for value in profile.secrets.values():  # generated passwords, keys, tokens: the session scan looks for them
+        secret(value)
     profile.require_services()
     try:
         yield profile.start()

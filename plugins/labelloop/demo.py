@@ -214,18 +214,33 @@ def run_loop(config: StackConfig, spec: ProjectSpec, airflow: Airflow) -> None:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m labelloop demo", description=__doc__)
     parser.add_argument("--project", default="sms_spam", help="spec name under include/projects/")
+    parser.add_argument("--profile", choices=["embedded", "production"], default="embedded",
+                        help="production: on labelloop.production's stack (Postgres, Celery workers, S3)")
     args = parser.parse_args(argv)
     config = StackConfig()
-    os.environ.update(airflow_env(config.state_dir, config.airflow_port, config.connections()))
+    airflow_url, airflow_login = f"http://127.0.0.1:{config.airflow_port}", "all local users are admins"
+    labelstudio_url, mlflow_url = f"http://127.0.0.1:{config.labelstudio_port}", f"http://127.0.0.1:{config.mlflow_port}"
     from labelloop.spec import SpecError, spec_named
 
     try:
-        up(config)
+        if args.profile == "production":
+            from labelloop.production import ProductionProfile
+
+            profile = ProductionProfile.load_or_create(config.state_dir / "production")
+            profile.start(report=lambda line: print(line, flush=True))
+            os.environ.update(profile.airflow_env())
+            airflow = profile.airflow_client()
+            airflow_url, airflow_login = profile.airflow_url, f"admin, password in {profile.passwords_file}"
+            labelstudio_url, mlflow_url = profile.url("labelstudio"), profile.url("mlflow")
+        else:
+            os.environ.update(airflow_env(config.state_dir, config.airflow_port, config.connections()))
+            up(config)
+            airflow = Airflow(airflow_url)
         spec = spec_named(args.project)
         if spec.model is None:
             raise StackError(f"spec {args.project!r} has no model: section; the demo's loop retrains a model")
-        run_loop(config, spec, Airflow(f"http://127.0.0.1:{config.airflow_port}"))
-        quality = held_out_quality(spec, f"http://127.0.0.1:{config.mlflow_port}")
+        run_loop(config, spec, airflow)
+        quality = held_out_quality(spec, mlflow_url)
     except (StackError, SpecError, httpx.HTTPError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -236,8 +251,8 @@ def main(argv: list[str]) -> int:
 labelloop demo done.
   champion      {champion}
   quality report {latest_report(spec)}
-  Airflow       http://127.0.0.1:{config.airflow_port}   (all local users are admins)
-  Label Studio  http://127.0.0.1:{config.labelstudio_port}   ({DEFAULT_ADMIN} / {DEFAULT_PASSWORD})
-  MLflow        http://127.0.0.1:{config.mlflow_port}
-Stop everything with `make stack-down`.""")
+  Airflow       {airflow_url}   ({airflow_login})
+  Label Studio  {labelstudio_url}   ({DEFAULT_ADMIN} / {DEFAULT_PASSWORD})
+  MLflow        {mlflow_url}
+Stop everything with `python -m labelloop stack down --profile {args.profile}`.""")
     return 0

@@ -448,6 +448,62 @@ def test_triggerer_and_worker_wait_for_the_execution_api(services):
         assert services[name]["depends_on"][apiserver]["condition"] == "service_healthy", name
 
 
+def production_profile(tmp_path: Path) -> Any:
+    from labelloop.production import ProductionProfile
+
+    profile = ProductionProfile.create(tmp_path)  # builds settings only: nothing is started
+    profile.redis_db = 1
+    return profile
+
+
+def test_production_profile_runs_composes_airflow_settings(compose, services, tmp_path):
+    """labelloop.production is this file's Airflow as local processes: the same keys, fixed values,
+    URL schemes and connections; only its LOCAL_PROCESS_KEYS (ports, folders) are its own."""
+    from labelloop.production import LOCAL_PROCESS_KEYS
+
+    ours = production_profile(tmp_path).airflow_env()
+    theirs = env_of(compose["x-airflow-common"])
+    assert not LOCAL_PROCESS_KEYS & set(theirs), "a compose key is hidden among the local-process keys"
+    assert set(ours) - LOCAL_PROCESS_KEYS == set(theirs), (
+        f"only in the profile: {sorted(set(ours) - LOCAL_PROCESS_KEYS - set(theirs))}; "
+        f"only in compose: {sorted(set(theirs) - set(ours))}"
+    )
+    for key in ("AIRFLOW__CORE__EXECUTOR", "AIRFLOW__CORE__AUTH_MANAGER", "AIRFLOW__CORE__LOAD_EXAMPLES",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION",
+                "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK", "LABELLOOP_STORE"):
+        assert ours[key] == theirs[key], key
+    for key in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CELERY__RESULT_BACKEND",
+                "AIRFLOW__CELERY__BROKER_URL", "AIRFLOW__CORE__EXECUTION_API_SERVER_URL"):
+        mine, compose_url = urlsplit(ours[key]), urlsplit(theirs[key])
+        assert (mine.scheme, bool(mine.username)) == (compose_url.scheme, bool(compose_url.username)), key
+    assert urlsplit(ours["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"]).path == "/execution/"
+    assert len(ours["AIRFLOW__API_AUTH__JWT_SECRET"]) >= 64
+    for conn_id in conn_ids_in_settings().values():
+        mine = json.loads(ours[f"AIRFLOW_CONN_{conn_id.upper()}"])
+        compose_conn = connection(services, conn_id)
+        assert mine["conn_type"] == compose_conn["conn_type"], conn_id
+        assert set(mine) == set(compose_conn), f"{conn_id}: fields differ"
+        assert set(mine.get("extra", {})) == set(compose_conn.get("extra", {})), f"{conn_id}: extra differs"
+
+
+def test_production_profile_labelstudio_and_mlflow_use_composes_settings(services, tmp_path):
+    profile = production_profile(tmp_path)
+    labelstudio = profile.labelstudio_server().env
+    compose_labelstudio = env_of(services["labelstudio"])
+    assert set(compose_labelstudio) <= set(labelstudio)
+    per_instance = {"LABEL_STUDIO_USERNAME", "LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_USER_TOKEN"} | {
+        key for key in compose_labelstudio if key.startswith("POSTGRE_")}
+    for key in set(compose_labelstudio) - per_instance:  # DJANGO_DB, SSRF, legacy token, analytics...
+        assert labelstudio[key] == compose_labelstudio[key], key
+    mlflow = profile.mlflow_server()
+    compose_mlflow = env_of(services["mlflow"])
+    assert set(compose_mlflow) <= set(mlflow.env)
+    assert mlflow.env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == compose_mlflow["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]
+    assert urlsplit(mlflow.env["MLFLOW_BACKEND_STORE_URI"]).scheme == urlsplit(
+        flag(command_of(services["mlflow"]), "--backend-store-uri")).scheme
+    assert flag(mlflow.command, "--artifacts-destination") == flag(command_of(services["mlflow"]), "--artifacts-destination")
+
+
 # ---------------------------------------------------------------- connections
 
 
