@@ -77,11 +77,21 @@ class Annotation(_Strict):
 
 
 class Quality(_Strict):
-    """Thresholds of the audit's quality gate."""
+    """Thresholds of the audit's quality gate; each kind of audited control is held to its own
+    (docs/spec.md lists which): choices to the first three, multichoice and spans to theirs,
+    every kind to min_consensus_confidence."""
 
     min_gold_accuracy: Annotated[float, Field(ge=0, le=1)] = 0.8
     min_kappa: Annotated[float, Field(ge=-1, le=1)] = 0.6
     min_alpha: Annotated[float, Field(ge=-1, le=1)] = 0.6
+    min_gold_hamming_accuracy: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.9, description="multichoice: annotators' per-label accuracy on gold, pooled")
+    min_label_alpha: Annotated[float, Field(ge=-1, le=1)] = Field(
+        0.6, description="multichoice: Krippendorff's alpha of each label, averaged over labels")
+    min_gold_f1: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.7, description="spans: annotators' exact-span F1 on gold, pooled over their spans")
+    min_span_f1: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.6, description="spans: exact-span F1 between annotators, pooled over pairs of answers")
     min_consensus_confidence: Annotated[float, Field(ge=0, le=1)] = 0.7
     spot_check_fraction: Annotated[float, Field(ge=0, le=1)] = 0.05
     consensus: Literal["majority", "dawid_skene"] = "dawid_skene"
@@ -93,10 +103,14 @@ class Model(_Strict):
     name: str
     estimator: str | None = Field(
         None, description="dotted path of a scikit-learn classifier with predict_proba placed after the "
-                          "TF-IDF features; default: calibrated linear SVM")
-    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for `estimator`")
+                          "TF-IDF features (one per label for a multiple choice); default: calibrated linear "
+                          "SVM. Spans train spaCy's beam_ner: no estimator")
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for `estimator`; for "
+                                   "spans: epochs, dropout, batch_size, beam_width, seed")
     require_approval: bool = Field(False, description="promotion waits for a person in Airflow's Required Actions")
-    metric: Literal["accuracy", "macro_f1"] = "macro_f1"
+    metric: Literal["accuracy", "macro_f1", "micro_f1", "exact_match", "span_f1"] | None = Field(
+        None, description="what promotion compares on gold; default per kind: macro_f1 (choices, multiple "
+                          "choices), span_f1 (micro exact-span F1, spans)")
     promotion_margin: Annotated[float, Field(ge=0, le=1)] = 0.005
     min_score: Annotated[float, Field(ge=0, le=1)] = 0.8
 
@@ -108,17 +122,27 @@ class Schedules(_Strict):
     collect: str | None = "@daily"
 
 
+class IngestOptions(_Strict):
+    """How a run with many new objects fans out over workers (one mapped task per group)."""
+
+    group_bytes: Annotated[int, Field(ge=1)] = Field(
+        64 * 1024 * 1024, description="bytes of source objects per parallel group; a smaller run stays one group")
+    max_groups: Annotated[int, Field(ge=1, le=1024)] = Field(
+        16, description="at most this many parallel groups per run (groups grow beyond group_bytes to fit)")
+
+
 class ProjectSpec(_Strict):
     name: Annotated[str, Field(pattern=SLUG, description="slug used in DAG ids and storage paths")]
     title: str
     description: str = ""
     labeling_config: Path = Field(description="XML file, relative to the spec's include/ folder")
     guidelines: Path | None = Field(None, description="Markdown file shown as the project's instructions")
-    control_name: str = Field(description="name of the Choices tag holding the answer (from_name)")
+    control_name: str = Field(description="name of the audited control (from_name): a Choices or a Labels tag")
     labels: list[str] = Field(min_length=2)
     source: Source
     storage_uri: str = Field(description="where manifests, quarantine, summaries and snapshots go")
     import_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 1000
+    ingest: IngestOptions = IngestOptions()
     annotation: Annotation = Annotation()
     quality: Quality = Quality()
     model: Model | None = None
@@ -155,6 +179,11 @@ class ProjectSpec(_Strict):
                 f"labeling_config {self.labeling_config} reads ${', $'.join(sorted(missing))}, "
                 f"which source.fields does not define; add them to source.fields"
             )
+        if self.model is not None and self.task_type.learner_class is None:
+            raise ValueError(
+                f"model: control {self.control_name!r} of {self.labeling_config} is a {config.kind} control "
+                f"({config.describe}); labelloop trains no pre-label model for it, so remove the model section"
+            )
         stratum = self.annotation.stratify_by
         if stratum is not None and stratum not in self.source.fields:
             raise ValueError(f"annotation.stratify_by names {stratum!r}, which is not one of source.fields "
@@ -178,6 +207,14 @@ class ProjectSpec(_Strict):
 
         text = _read_relative(self.base_dir, self.guidelines, "guidelines")
         return f'<pre style="white-space: pre-wrap">{html.escape(text)}</pre>'
+
+    @cached_property
+    def task_type(self) -> Any:
+        """The audited control (``control_name``) as its ``tasktypes.TaskType``."""
+        from labelloop.tasktypes import read_controls
+
+        controls = read_controls(self.labeling_config_xml, str(self.labeling_config), kinds=LOOP_KINDS)
+        return next(t for t in controls if t.control.name == self.control_name)
 
     @property
     def object_name(self) -> str:
@@ -204,9 +241,9 @@ class ProjectSpec(_Strict):
         return f"labelloop__{self.name}"
 
 
-#: The task types every stage of the loop carries today (ingest, collect, audit, retrain);
-#: comments (a TextArea) are collected verbatim and listed in the report, not audited.
-LOOP_KINDS = ("choices", "comment")
+#: The task types the loop carries (ingest, collect, audit, review); comments (a TextArea) are
+#: collected verbatim and listed in the report, not audited.
+LOOP_KINDS = ("choices", "multichoice", "spans", "comment")
 
 
 @dataclass(frozen=True)
@@ -215,12 +252,14 @@ class LabelingConfig:
 
     Everything the loop cannot carry through every stage is refused here, at parse time,
     naming the tag and what is supported: a control the loop would silently drop or flatten
-    (spans, boxes, a multiple choice, a second control) must never reach ingest.
+    (boxes, a second audited control) must never reach ingest.
     """
 
     labels: list[str]
     to_name: str
     variables: set[str]
+    kind: str = "choices"
+    describe: str = ""
 
     @classmethod
     def parse(cls, xml: str, control_name: str, where: str = "labeling config") -> LabelingConfig:
@@ -229,8 +268,11 @@ class LabelingConfig:
         controls = read_controls(xml, where, kinds=LOOP_KINDS)
         control = next((t.control for t in controls if t.control.name == control_name), None)
         if control is None:
-            raise ValueError(f"{where} has no <Choices name={control_name!r}>; control_name must be one of "
+            raise ValueError(f"{where} has no control named {control_name!r}; control_name must be one of "
                              f"{sorted(t.control.name for t in controls)}")
+        if control.kind == "comment":
+            raise ValueError(f"{where}: control_name {control_name!r} is a comment {control.describe()}, which is "
+                             f"listed, not audited; name the choices or labels control instead")
         others = [t.control.describe() for t in controls if t.control is not control and t.kind != "comment"]
         if others:
             raise ValueError(f"{where}: {', '.join(others)} besides {control.describe()}: the loop audits "
@@ -238,7 +280,7 @@ class LabelingConfig:
                              f"remove it or move it to a project of its own")
         root = ElementTree.fromstring(xml)
         variables = {tag.get("value", "")[1:] for tag in root.iter() if tag.get("value", "").startswith("$")}
-        return cls(list(control.labels), control.to_name, variables)
+        return cls(list(control.labels), control.to_name, variables, control.kind, control.describe())
 
 
 def _read_relative(base: Path, path: Path, field: str) -> str:

@@ -80,15 +80,17 @@ def metrics_for(alpha: float | None, kappa: float | None, confidence: float, acc
 
 def test_gate_names_the_failed_metric_and_the_shortfall() -> None:
     quality = Quality(min_gold_accuracy=0.8, min_kappa=0.6, min_alpha=0.6, min_consensus_confidence=0.7)
-    gate = evaluate_gate(metrics_for(alpha=0.45, kappa=0.7, confidence=0.9, accuracy=0.7), quality)
+    choices = load_spec(REPO / "include" / "projects" / "sms_spam.yaml").task_type
+    gate = evaluate_gate(metrics_for(alpha=0.45, kappa=0.7, confidence=0.9, accuracy=0.7), quality, choices)
     assert not gate.passed
     assert [check.threshold_name for check in gate.failed] == ["min_gold_accuracy", "min_alpha"]
     summary = gate.summary("sms")
+    assert summary.startswith("quality gate FAILED for sms: <Choices name='label'>: ")
     assert "Krippendorff's alpha 0.450 < min_alpha 0.600 (short by 0.150)" in summary
     assert "gold accuracy 0.700 < min_gold_accuracy 0.800 (short by 0.100); annotators below it: a@x 0.70" in summary
     assert "kappa" not in summary  # only failures are listed
 
-    passed = evaluate_gate(metrics_for(alpha=0.9, kappa=None, confidence=0.9, accuracy=None), quality)
+    passed = evaluate_gate(metrics_for(alpha=0.9, kappa=None, confidence=0.9, accuracy=None), quality, choices)
     assert passed.passed
     statuses = {c.threshold_name: c.status for c in passed.checks}
     assert statuses == {"min_gold_accuracy": "not measured", "min_kappa": "not measured",

@@ -12,11 +12,14 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseNotifier
 
 from labelloop.spec import Quality
+
+if TYPE_CHECKING:
+    from labelloop.tasktypes import TaskType
 
 NOTIFIER_ENV = "LABELLOOP_QUALITY_NOTIFIER"
 Status = Literal["passed", "failed", "not measured"]
@@ -49,6 +52,7 @@ class Check:
 @dataclass(frozen=True)
 class Gate:
     checks: tuple[Check, ...]
+    control: str = ""  # the audited control, named in the summary
 
     @property
     def passed(self) -> bool:
@@ -59,41 +63,21 @@ class Gate:
         return [check for check in self.checks if check.status == "failed"]
 
     def summary(self, project: str) -> str:
+        of = f"{self.control}: " if self.control else ""
         if self.passed:
-            return f"quality gate passed for {project}: " + "; ".join(c.describe() for c in self.checks)
-        return f"quality gate FAILED for {project}: " + "; ".join(c.describe() for c in self.failed)
+            return f"quality gate passed for {project}: {of}" + "; ".join(c.describe() for c in self.checks)
+        return f"quality gate FAILED for {project}: {of}" + "; ".join(c.describe() for c in self.failed)
 
     def to_dict(self, project: str) -> dict[str, Any]:
         return {"passed": self.passed, "summary": self.summary(project),
                 "checks": [{**asdict(c), "status": c.status} for c in self.checks]}
 
 
-def pooled_gold_accuracy(annotators: list[dict[str, Any]]) -> float | None:
-    """Correct answers over all gold answers, across annotators (each answer weighs the same)."""
-    seen = sum(row["n_gold"] or 0 for row in annotators)
-    return sum(row["n_correct"] or 0 for row in annotators) / seen if seen else None
-
-
-def evaluate_gate(metrics: dict[str, Any], quality: Quality) -> Gate:
-    """Compare ``run_audit`` metrics (schema in docs/quality.md) with the spec's thresholds."""
-    agreement = metrics["agreement"]
-    below = [f"{row['annotator_id']} {row['accuracy']:.2f} (n={row['n_gold']})" for row in metrics["annotators"]
-             if row["accuracy"] is not None and row["accuracy"] < quality.min_gold_accuracy]
-    gold_note = ("no labelled gold items" if metrics["gold"] is None
-                 else f"annotators below it: {', '.join(below)}" if below else "")
-    kappa, kappa_name = agreement["pairwise_kappa_mean"], "mean pairwise Cohen's kappa"
-    if kappa is None and agreement["fleiss_kappa"] is not None:
-        kappa, kappa_name = agreement["fleiss_kappa"], "Fleiss' kappa"
-    kappa_note = "" if kappa is not None else (
-        f"no annotator pair shares {metrics['parameters']['min_shared']} items")
-    return Gate((
-        Check("gold accuracy", "min_gold_accuracy", pooled_gold_accuracy(metrics["annotators"]),
-              quality.min_gold_accuracy, gold_note),
-        Check(kappa_name, "min_kappa", kappa, quality.min_kappa, kappa_note),
-        Check("Krippendorff's alpha", "min_alpha", agreement["krippendorff_alpha_nominal"], quality.min_alpha),
-        Check("mean consensus confidence", "min_consensus_confidence",
-              metrics["consensus"]["mean_confidence"], quality.min_consensus_confidence),
-    ))
+def evaluate_gate(metrics: dict[str, Any], quality: Quality, task_type: TaskType) -> Gate:
+    """Compare the audit's metrics (schema in docs/quality.md) with the spec's thresholds for
+    the kind of the audited control (``TaskType.gate_checks``)."""
+    checks = tuple(Check(**check) for check in task_type.gate_checks(metrics, quality))
+    return Gate(checks, task_type.control.describe())
 
 
 class LogNotifier(BaseNotifier):

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from labelloop.errors import InputError
+
 if TYPE_CHECKING:
     from labelloop.tasktypes import TaskType
 
@@ -46,6 +48,59 @@ def audit_labels(annotations: pd.DataFrame, control: str) -> pd.DataFrame:
         "annotator_id": annotator_key(rows).astype(str).to_numpy(),
         "label": rows["label"].astype(str).to_numpy(),
     })
+
+
+def task_data(tasks: pd.DataFrame) -> dict[int, dict[str, Any]]:
+    """Each task's data by task id (span answers are checked against its text)."""
+    return {int(task_id): json.loads(data) for task_id, data in zip(tasks["task_id"], tasks["data"])}
+
+
+def control_answers(rows: pd.DataFrame, task_type: TaskType, data: dict[int, dict[str, Any]], *,
+                    key: str = "task_id", one_per_item: bool = False) -> pd.DataFrame:
+    """The tidy answers (``item_id, annotator_id`` and the type's columns) of one control, read
+    from the ``result`` column by its task type: skipped annotations and ones without an answer
+    of that control left out, the latest answer per (item, annotator), or per item with
+    ``one_per_item`` (reviews: the last reviewer decides). ``key`` is the column naming the
+    item (``source_task_id`` for review annotations). An answer the config does not allow (a
+    label it no longer offers, a span past the text) is left out with a warning: one bad
+    annotation must not stop every later audit."""
+    rows = of_control(rows, task_type.control.name)
+    rows = rows[~rows["was_cancelled"].astype(bool) & rows[key].notna()]
+    rows = rows.sort_values(["updated_at", "annotation_id"], kind="stable")
+    latest: dict[Any, list[dict[str, Any]]] = {}
+    for row, who in zip(rows.itertuples(), annotator_key(rows)):
+        item = int(getattr(row, key))
+        where = f"annotation {row.annotation_id} of task {row.task_id}"
+        try:
+            answer = task_type.answer_rows(json.loads(row.result), data.get(item, {}), where)
+        except InputError as error:
+            log.warning("left out of the audit: %s", error)
+            continue
+        if answer:
+            latest[item if one_per_item else (item, str(who))] = [
+                {"item_id": item, "annotator_id": str(who), **cells} for cells in answer]
+    columns = ["item_id", "annotator_id", *task_type.columns]
+    frame = pd.DataFrame([cells for answer in latest.values() for cells in answer], columns=columns)
+    return frame.astype({"item_id": "int64", "annotator_id": str})
+
+
+def gold_answers(tasks: pd.DataFrame, task_type: TaskType, data: dict[int, dict[str, Any]],
+                 answered: pd.Series) -> pd.DataFrame | None:
+    """The known answers of gold tasks someone answered (``item_id`` and the type's columns),
+    read from ``gold_label`` by the task type, or None when there are none. A known answer the
+    config no longer allows is left out with a warning (ingest checked it when it arrived)."""
+    rows = []
+    gold = tasks[tasks["gold_label"].notna() & tasks["task_id"].astype("int64").isin(answered)]
+    for task_id, known in zip(gold["task_id"].astype("int64"), gold["gold_label"]):
+        try:
+            cells = task_type.known_answer(known, data.get(int(task_id), {}), f"gold of task {task_id}")
+        except InputError as error:
+            log.warning("gold left out of the audit: %s", error)
+            continue
+        rows += [{"item_id": int(task_id), **row} for row in cells]
+    if not rows:
+        return None
+    return pd.DataFrame(rows, columns=["item_id", *task_type.columns]).astype({"item_id": "int64"})
 
 
 def gold_frame(tasks: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame | None:
@@ -100,12 +155,19 @@ def comments(annotations: pd.DataFrame, controls: list[TaskType]) -> list[dict[s
 Seen = dict[str, str]
 
 
-def answered_at(annotations: pd.DataFrame) -> pd.Series:
+def answered_at(annotations: pd.DataFrame, task_type: TaskType | None = None) -> pd.Series:
     """Per task id, when its latest counted answer was made or last changed (ISO text, UTC).
 
     The audit keeps this per item: an item whose time moved has answers no audit has seen.
+    With ``task_type``, the answers of its control count, an empty one too where the type
+    says "nothing" is an answer (spans, multiple choice); without, every labelled row.
     """
-    rows = _answered(annotations)
+    if task_type is None:
+        rows = _answered(annotations)
+    else:
+        rows = of_control(annotations, task_type.control.name)
+        nothing_counts = bool(task_type.answer_rows([], {}, "an empty answer"))
+        rows = rows[~rows["was_cancelled"].astype(bool) & ((rows["result"] != "[]") | nothing_counts)]
     latest = rows.groupby(rows["task_id"].astype("int64"))["updated_at"].max()
     return latest.map(lambda stamp: stamp.isoformat()).rename_axis("item_id")
 

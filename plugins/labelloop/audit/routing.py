@@ -2,9 +2,10 @@
 
 Label Studio Community has no review workflow, so labelloop keeps a second project,
 "<title> — review", with the same labeling config. Each routed item is a copy of its task
-with every annotator's answer as a prediction (model_version = the annotator's e-mail), so
-the reviewer accepts one or corrects it in one click. The reviewer's annotation is
-collected with the next snapshot and becomes the item's adjudicated label. An item is
+with every annotator's answer of the audited control as a prediction (model_version = the
+annotator's e-mail; the task type writes it: a choice, a set of choices, spans), so the
+reviewer accepts one or corrects it in one click. The reviewer's annotation is collected
+with the next snapshot and becomes the item's adjudicated answer. An item is
 routed once: review tasks carry the item's content hash, and hashes already there are skipped.
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from labelloop.collect.export import SOURCE_TASK_FIELD, choice_result
+from labelloop.collect.export import SOURCE_TASK_FIELD
 from labelloop.hooks.labelstudio import LabelStudioHook
 from labelloop.ingest.validate import BATCH_FIELD, HASH_FIELD
 from labelloop.quality import disagreements
@@ -45,14 +46,17 @@ def review_settings(spec: ProjectSpec) -> dict[str, Any]:
 
 
 def select_for_review(labels: pd.DataFrame, consensus: pd.DataFrame, spot_check: Iterable[Any],
-                      low_confidence: Iterable[Any]) -> dict[Any, list[str]]:
+                      low_confidence: Iterable[Any], disagreeing: Iterable[Any] | None = None) -> dict[Any, list[str]]:
     """Item id -> why it needs a look, for the spot-check sample, doubtful consensus and disagreements.
 
+    ``disagreeing``: the items whose annotators disagree, by the task type's rule
+    (``TaskType.disagreements``); None reads them from single-choice ``labels``.
     Items whose answer is already settled (gold, or adjudicated earlier) are left out.
     """
     settled = set(consensus.loc[consensus["source"] != "consensus", "item_id"])
+    disagreeing = disagreements(labels) if disagreeing is None else disagreeing
     picked: dict[Any, list[str]] = {}
-    for reason, items in zip(REASONS, (spot_check, low_confidence, disagreements(labels))):
+    for reason, items in zip(REASONS, (spot_check, low_confidence, disagreeing)):
         for item in items:
             if item not in settled:
                 picked.setdefault(item, []).append(reason)
@@ -66,7 +70,10 @@ def review_key(task: pd.Series) -> str:
 
 def review_tasks(spec: ProjectSpec, selected: dict[int, list[str]], labels: pd.DataFrame,
                  consensus: pd.DataFrame, tasks: pd.DataFrame, run: str) -> list[dict[str, Any]]:
-    """Label Studio tasks for the review project (pure: the caller imports them)."""
+    """Label Studio tasks for the review project (pure: the caller imports them). ``labels``:
+    the tidy answers of the audited control; ``consensus``: item_id, label, confidence (and
+    ``result``, the final answer as Label Studio results, when the audit wrote it)."""
+    task_type = spec.task_type
     by_task = tasks.set_index(tasks["task_id"].astype("int64"))
     verdict = consensus.set_index("item_id")
     answers = labels[labels["item_id"].isin(list(selected))].groupby("item_id")
@@ -76,14 +83,13 @@ def review_tasks(spec: ProjectSpec, selected: dict[int, list[str]], labels: pd.D
         data = {k: v for k, v in json.loads(task["data"]).items() if k != BATCH_FIELD}
         data.update({HASH_FIELD: review_key(task), SOURCE_TASK_FIELD: int(task_id)})
         given = answers.get_group(task_id) if task_id in answers.groups else labels.iloc[:0]
+        label = verdict.at[task_id, "label"]
         out.append({
             "data": data,
             "meta": {"reasons": reasons, "routed_by": run,
-                     "consensus": str(verdict.at[task_id, "label"]),
+                     "consensus": str(label) if pd.notna(label) else json.loads(verdict.at[task_id, "result"]),
                      "confidence": float(verdict.at[task_id, "confidence"])},
-            "predictions": [{"model_version": row.annotator_id,
-                             "result": choice_result(spec.control_name, spec.object_name, row.label)}
-                            for row in given.sort_values("annotator_id").itertuples()],
+            "predictions": task_type.review_predictions(given, data),
         })
     return out
 
@@ -92,7 +98,7 @@ def route(hook: LabelStudioHook, spec: ProjectSpec, run: str, labels: pd.DataFra
           metrics: dict[str, Any], tasks: pd.DataFrame) -> dict[str, Any]:
     """Put newly selected items into the review project (created on first use); returns counts."""
     selected = select_for_review(labels, consensus, metrics["review"]["spot_check"],
-                                 metrics["review"]["low_confidence"])
+                                 metrics["review"]["low_confidence"], spec.task_type.disagreements(labels))
     project, _ = hook.upsert_project(review_title(spec), **review_settings(spec))
     routed = {(task.data or {}).get(HASH_FIELD) for task in hook.iter_tasks(project.id)}
     new = [task for task in review_tasks(spec, selected, labels, consensus, tasks, run)

@@ -1,4 +1,5 @@
-"""Audit glue: the latest collect snapshot through ``quality.run_audit``, out to storage and MLflow.
+"""Audit glue: the latest collect snapshot through the audited control's task type
+(``TaskType.loop_audit``: ``quality.run_audit`` for a single choice), out to storage and MLflow.
 
 Layout under ``<storage_uri>/audit/``::
 
@@ -26,24 +27,27 @@ import pyarrow.parquet as pq
 from airflow.sdk import ObjectStoragePath
 
 from labelloop import settings
-from labelloop.audit.gate import evaluate_gate, pooled_gold_accuracy
+from labelloop.audit.gate import evaluate_gate
 from labelloop.audit.prepare import (
-    adjudicated_labels,
     answered_at,
     answered_since,
-    audit_labels,
     comments,
-    gold_frame,
+    control_answers,
+    gold_answers,
     record_seen,
+    task_data,
 )
 from labelloop.audit.routing import route
+from labelloop.collect.export import choices_answer
 from labelloop.collect.table import latest_snapshot, read_parquet, read_snapshot, snapshot_folder
 from labelloop.hooks.labelstudio import LabelStudioHook
 from labelloop.ingest.pipeline import storage_path
 from labelloop.ingest.state import run_key
-from labelloop.quality import AuditResult, run_audit, write_audit
 from labelloop.quality.audit import Method
+from labelloop.quality.report import comment_section, metrics_json, page
 from labelloop.spec import ProjectSpec
+from labelloop.tasktypes import TaskType
+from labelloop.tasktypes.loop import LoopAudit
 from labelloop.state import read_json, write_atomically, write_json
 
 log = logging.getLogger(__name__)
@@ -55,9 +59,12 @@ SEEN_REMEDY = "delete it: the next audit then draws its spot check from every it
 HISTORY_REMEDY = ("restore it from a backup, or delete it: the report's agreement-over-time chart then "
                   "starts again from the next audit")
 RERUN = "clear the audit task of that run to write its outputs again"
+#: One row per answered task. ``result``: the final answer in Label Studio's result format
+#: (JSON text: spans keep their offsets); ``label``: a choices answer (several joined with
+#: ``|``, as in the annotations table), else null.
 CONSENSUS_SCHEMA = pa.schema([
     ("task_id", pa.int64()), ("item_id", pa.string()), ("item_hash", pa.string()), ("label", pa.string()),
-    ("confidence", pa.float64()), ("source", pa.string()),
+    ("result", pa.string()), ("confidence", pa.float64()), ("source", pa.string()),
 ])  # fmt: skip
 
 
@@ -74,10 +81,17 @@ def seed_of(run: str) -> int:
     return int(hashlib.sha256(run.encode()).hexdigest()[:8], 16)
 
 
-def consensus_table(result: AuditResult, tasks: pd.DataFrame) -> pa.Table:
-    """The consensus with the task's external id and content hash beside the task id."""
+def consensus_table(task_type: TaskType, result: LoopAudit, tasks: pd.DataFrame) -> pa.Table:
+    """Each item's final answer as Label Studio results, with the task's external id and
+    content hash beside the task id."""
+    rows = dict(tuple(result.consensus.groupby("item_id", sort=False)))
+    empty = result.consensus.iloc[:0]
+    answers = [task_type.results(rows.get(item, empty)) for item in result.items["item_id"]]
+    frame = result.items.assign(result=[json.dumps(answer, ensure_ascii=False) for answer in answers],
+                                label=[choices_answer(answer) for answer in answers])
     ids = tasks[["task_id", "item_id", "item_hash"]].astype({"task_id": "int64"})
-    frame = result.consensus.rename(columns={"item_id": "task_id"}).merge(ids, on="task_id", how="left")
+    frame = frame.rename(columns={"item_id": "task_id"}).astype({"task_id": "int64"}).merge(ids, on="task_id",
+                                                                                            how="left")
     return pa.Table.from_pandas(frame[CONSENSUS_SCHEMA.names], schema=CONSENSUS_SCHEMA, preserve_index=False)
 
 
@@ -87,7 +101,8 @@ def _history(root: ObjectStoragePath, run: str, metrics: dict[str, Any]) -> list
     earlier = [entry for entry in read_json(path, [], expect=list, remedy=HISTORY_REMEDY) if entry["run_id"] != run]
     gold = metrics["gold"]
     entry = {"run_id": run, "agreement": metrics["agreement"],
-             "gold": None if gold is None else {"consensus_accuracy": gold["consensus_accuracy"]}}
+             "gold": None if gold is None else {key: value for key, value in gold.items()
+                                                if isinstance(value, int | float)}}
     write_json(path, [*earlier, entry][-HISTORY_KEPT:])
     return earlier
 
@@ -99,39 +114,56 @@ def audit_latest(spec: ProjectSpec, run_id: str) -> dict[str, Any]:
     if folder is None:
         raise NothingToAudit(f"no collect snapshot under {root / 'collect'} yet; run the collect DAG first")
     tables = read_snapshot(folder)
-    labels = audit_labels(tables["annotations"], spec.control_name)
-    if labels["annotator_id"].nunique() < 2:
-        raise NothingToAudit(f"snapshot {folder.name} has {len(labels)} answers from "
-                             f"{labels['annotator_id'].nunique()} annotators; agreement needs two or more")
-    fresh = answered_since(answered_at(tables["annotations"]), read_seen(root), run)
-    result = run_audit(
-        labels, gold_frame(tables["tasks"], labels), METHODS[spec.quality.consensus],
-        adjudicated=adjudicated_labels(tables["review_annotations"], spec.control_name), seed=seed_of(run),
-        spot_check_fraction=spec.quality.spot_check_fraction, spot_check_among=fresh,
-        low_confidence_threshold=spec.quality.min_consensus_confidence, run_id=run,
+    task_type = spec.task_type
+    data = task_data(tables["tasks"])
+    answers = control_answers(tables["annotations"], task_type, data)
+    annotators = answers["annotator_id"].nunique()
+    if annotators < 2:
+        raise NothingToAudit(f"snapshot {folder.name} has {answers.groupby(['item_id', 'annotator_id']).ngroups} "
+                             f"answers of {task_type.control.describe()} from {annotators} annotators; agreement "
+                             f"needs two or more")
+    fresh = answered_since(answered_at(tables["annotations"], task_type), read_seen(root), run)
+    result = task_type.loop_audit(
+        answers, gold_answers(tables["tasks"], task_type, data, answers["item_id"]),
+        control_answers(tables["review_annotations"], task_type, data, key="source_task_id", one_per_item=True),
+        method=METHODS[spec.quality.consensus], seed=seed_of(run), spot_check_fraction=spec.quality.spot_check_fraction,
+        spot_check_among=fresh, low_confidence_threshold=spec.quality.min_consensus_confidence, run_id=run, data=data,
     )
-    result.metrics["comments"] = comments(tables["annotations"], comment_types(spec))
-    gate = evaluate_gate(result.metrics, spec.quality).to_dict(spec.name)
-    history = _history(root, run, result.metrics)
+    control = task_type.control
+    metrics = {**result.metrics, "control": {"name": control.name, "kind": control.kind, "tag": control.tag},
+               "comments": comments(tables["annotations"], comment_types(spec))}
+    gate = evaluate_gate(metrics, spec.quality, task_type).to_dict(spec.name)
+    history = _history(root, run, metrics)
     out = root / AUDIT / run
     with tempfile.TemporaryDirectory(prefix="labelloop-audit-") as tmp:
         local = Path(tmp)
-        write_audit(result, local, history)
-        (local / "consensus.csv").unlink()  # consensus.parquet carries the same and the task's ids
-        pq.write_table(consensus_table(result, tables["tasks"]), local / "consensus.parquet")
+        (local / "metrics.json").write_text(metrics_json(metrics), encoding="utf-8")
+        (local / "report.html").write_text(report_html(task_type, metrics, history), encoding="utf-8")
+        pq.write_table(consensus_table(task_type, result, tables["tasks"]), local / "consensus.parquet")
         (local / "gate.json").write_text(json.dumps(gate, indent=1), encoding="utf-8")
         out.mkdir(parents=True, exist_ok=True)
         for file in sorted(local.iterdir()):
             write_atomically(out / file.name, file.read_bytes())
-        mlflow_run = log_to_mlflow(spec, run, result.metrics, gate, local)
+        mlflow_run = log_to_mlflow(spec, run, metrics, gate, local, task_type)
     outcome = {"audit": run, "uri": str(out), "snapshot": folder.name, "gate": gate, "mlflow_run_id": mlflow_run,
-               "counts": result.metrics["counts"],
+               "counts": metrics["counts"],
                "review": {"answered_since_last_audit": len(fresh),
-                          "spot_check": len(result.metrics["review"]["spot_check"]),
-                          "low_confidence": len(result.metrics["review"]["low_confidence"]),
-                          "disagreements": result.metrics["review"]["n_disagreements"]}}
+                          "spot_check": len(metrics["review"]["spot_check"]),
+                          "low_confidence": len(metrics["review"]["low_confidence"]),
+                          "disagreements": metrics["review"]["n_disagreements"]}}
     write_json(root / AUDIT / "latest.json", {k: v for k, v in outcome.items() if k != "uri"})
     return outcome
+
+
+def report_html(task_type: TaskType, metrics: dict[str, Any], history: list[dict[str, Any]]) -> str:
+    """report.html: the audited control's sections (by its task type), then the comments."""
+    import html
+
+    title = f"Label audit {html.escape(str(metrics.get('run_id') or ''))}".strip()
+    own = {key: value for key, value in metrics.items() if key not in ("comments", "control")}
+    sections = [f"<h2>{html.escape(task_type.control.describe())}</h2>",
+                *task_type.loop_report_sections(own, history), comment_section(metrics["comments"])]
+    return page(title, "".join(sections))
 
 
 def comment_types(spec: ProjectSpec) -> list[Any]:
@@ -155,11 +187,14 @@ def route_audit(spec: ProjectSpec, hook: LabelStudioHook, outcome: dict[str, Any
     root, run = root_of(spec), outcome["audit"]
     tables = read_snapshot(snapshot_folder(root, outcome["snapshot"]))
     out = root / AUDIT / run
-    consensus = read_parquet(out / "consensus.parquet")[["task_id", "label", "confidence", "source"]]
+    consensus = read_parquet(out / "consensus.parquet")[["task_id", "label", "result", "confidence", "source"]]
     consensus = consensus.rename(columns={"task_id": "item_id"}).astype({"item_id": "int64"})
-    routed = route(hook, spec, run, audit_labels(tables["annotations"], spec.control_name), consensus,
+    task_type = spec.task_type
+    answers = control_answers(tables["annotations"], task_type, task_data(tables["tasks"]))
+    routed = route(hook, spec, run, answers, consensus,
                    read_json(out / "metrics.json", {}, expect=dict, remedy=RERUN), tables["tasks"])
-    write_json(root / AUDIT / SEEN, record_seen(answered_at(tables["annotations"]), read_seen(root), run))
+    seen = record_seen(answered_at(tables["annotations"], task_type), read_seen(root), run)
+    write_json(root / AUDIT / SEEN, seen)
     return routed
 
 
@@ -171,20 +206,12 @@ def mark_passed(spec: ProjectSpec, outcome: dict[str, Any]) -> dict[str, Any]:
     return pointer
 
 
-def _scalars(metrics: dict[str, Any], gate: dict[str, Any]) -> dict[str, float]:
-    """The numbers worth a chart in MLflow (undefined metrics are left out)."""
-    agreement, gold, review = metrics["agreement"], metrics["gold"] or {}, metrics["review"]
+def _scalars(metrics: dict[str, Any], gate: dict[str, Any], task_type: TaskType) -> dict[str, float]:
+    """The numbers worth a chart in MLflow (the task type's, then the review's; undefined ones
+    are left out)."""
+    review = metrics["review"]
     values = {
-        "krippendorff_alpha": agreement["krippendorff_alpha_nominal"],
-        "fleiss_kappa": agreement["fleiss_kappa"],
-        "pairwise_kappa_mean": agreement["pairwise_kappa_mean"],
-        "pairwise_kappa_median": agreement["pairwise_kappa_median"],
-        "consensus_mean_confidence": metrics["consensus"]["mean_confidence"],
-        "consensus_accuracy_on_gold": gold.get("consensus_accuracy"),
-        "annotator_gold_accuracy": pooled_gold_accuracy(metrics["annotators"]),
-        "annotations": metrics["counts"]["annotations"],
-        "items": metrics["counts"]["items"],
-        "annotators": metrics["counts"]["annotators"],
+        **task_type.scalars(metrics),
         "spot_check_items": len(review["spot_check"]),
         "low_confidence_items": len(review["low_confidence"]),
         "disagreement_items": review["n_disagreements"],
@@ -194,7 +221,7 @@ def _scalars(metrics: dict[str, Any], gate: dict[str, Any]) -> dict[str, float]:
 
 
 def log_to_mlflow(spec: ProjectSpec, run: str, metrics: dict[str, Any], gate: dict[str, Any],
-                  folder: Path) -> str | None:
+                  folder: Path, task_type: TaskType) -> str | None:
     """One MLflow run per audit run (a re-run updates it). Best effort: without an MLflow
     connection, or with MLflow down, the audit is complete without it (its files are in storage)."""
     from labelloop.model.prelabel import RegistryError, registry_errors, tracking_uri
@@ -205,14 +232,14 @@ def log_to_mlflow(spec: ProjectSpec, run: str, metrics: dict[str, Any], gate: di
         return None
     try:
         with registry_errors(uri, f"logging audit {run}"):
-            return _log_run(uri, spec, run, metrics, gate, folder)
+            return _log_run(uri, spec, run, metrics, gate, folder, task_type)
     except RegistryError as error:
         log.warning("audit %s is complete but not logged to MLflow (a re-run of this run logs it): %s", run, error)
         return None
 
 
 def _log_run(uri: str, spec: ProjectSpec, run: str, metrics: dict[str, Any], gate: dict[str, Any],
-             folder: Path) -> str:
+             folder: Path, task_type: TaskType) -> str:
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
@@ -229,7 +256,7 @@ def _log_run(uri: str, spec: ProjectSpec, run: str, metrics: dict[str, Any], gat
         thresholds = spec.quality.model_dump()
         params = [Param(key, str(value)) for key, value in sorted(thresholds.items())]
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in _scalars(metrics, gate).items()],
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in _scalars(metrics, gate, task_type).items()],
                      params=params)
     client.set_tag(run_id, "gate", "passed" if gate["passed"] else "failed")
     client.log_artifacts(run_id, str(folder))

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from labelloop.errors import InputError
 from labelloop.spec import DataField, ProjectSpec
 
 HASH_FIELD = "labelloop_hash"
@@ -29,7 +30,7 @@ class ValidRecord:
     data: dict[str, Any]
     content_hash: str
     item_id: str | None
-    label: str | None
+    label: str | None  # the known answer as the audited control's task type writes it (JSON for spans)
 
 
 def content_hash(data: dict[str, Any]) -> str:
@@ -92,8 +93,7 @@ class RecordValidator:
         self.fields = spec.source.fields
         self.id_field = spec.source.id_field
         self.label_field = spec.source.label_field
-        self.labels = set(spec.labels)
-        self.label_list = ", ".join(spec.labels)
+        self.task_type = spec.task_type
 
     def validate(self, record: dict[str, Any]) -> ValidRecord:
         data: dict[str, Any] = {}
@@ -106,18 +106,22 @@ class RecordValidator:
                     raise InvalidRecord(f"required field {source!r} is missing or empty (fields present: {present})")
                 continue
             data[name] = _coerce(source, rule, value)
-        label = self._label(record)
+        label = self._label(record, data)
         item_id = record.get(self.id_field) if self.id_field else None
         if item_id is not None:
             item_id = _storable(self.id_field, str(item_id))  # it is stored in the task data too
         return ValidRecord(data, content_hash(data), item_id, label)
 
-    def _label(self, record: dict[str, Any]) -> str | None:
+    def _label(self, record: dict[str, Any], data: dict[str, Any]) -> str | None:
+        """The known answer, checked by the audited control's task type (a label of the config;
+        for spans, offsets inside the task's text), as the text the task meta keeps."""
         if not self.label_field:
             return None
         label = record.get(self.label_field)
         if label is None or label == "":
             return None
-        if not isinstance(label, str) or label not in self.labels:
-            raise InvalidRecord(f"unknown label {label!r} in field {self.label_field!r}; allowed: {self.label_list}")
-        return label
+        try:
+            rows = self.task_type.known_answer(label, data, f"field {self.label_field!r}")
+        except InputError as error:
+            raise InvalidRecord(str(error)) from None
+        return self.task_type.known_text(rows)

@@ -7,7 +7,7 @@ results format and its audit; adding a kind means one new module and one registr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 from xml.etree import ElementTree
@@ -16,6 +16,8 @@ from labelloop.errors import InputError
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from .loop import LoopAudit
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,9 @@ class TaskType:
     columns: ClassVar[tuple[str, ...]]
     #: whether the control must offer at least two values (TextArea offers none)
     needs_labels: ClassVar[bool] = True
+    #: "module:Class" of this type's pre-label learner (``labelloop.model.learner.Learner``);
+    #: None when the loop trains no model for it. Imported only by the model stages.
+    learner_class: ClassVar[str | None] = None
 
     @classmethod
     def accepts(cls, tag: ElementTree.Element, object_tag: str) -> bool:
@@ -83,11 +88,80 @@ class TaskType:
         ``data`` is the task data per item_id, for types that need the text or image size."""
         raise NotImplementedError
 
+    def learner(self) -> Any:
+        """This control's pre-label learner (train, evaluate, predict, uncertainty): the model
+        stages call it and never branch on the kind."""
+        if self.learner_class is None:
+            raise InputError(f"{self.control.describe()} ({self.kind}): labelloop trains no pre-label model "
+                             f"for this kind of control; remove the spec's model: section")
+        import importlib
+
+        module, _, name = self.learner_class.partition(":")
+        return getattr(importlib.import_module(module), name)(self)
+
     def report_sections(self, metrics: dict[str, Any]) -> list[str]:
         """This control's part of report.html: tables of its metrics unless the type draws more."""
         from labelloop.quality.report import table_sections
 
         return table_sections(metrics)
+
+    # -- the Airflow loop (generic versions in tasktypes/loop.py) -------------------------
+    def known_answer(self, value: Any, data: dict[str, Any], where: str) -> list[dict[str, Any]]:
+        """A known answer (``source.label_field``; JSON text as the task meta keeps it) as tidy
+        rows, checked against the config and the task ``data``; ``InputError`` naming ``where``."""
+        raise InputError(f"{where}: known answers are not supported for {self.control.describe()}")
+
+    def known_text(self, rows: list[dict[str, Any]]) -> str:
+        """Tidy rows of a known answer as the text the task meta keeps (``known_answer`` reads it)."""
+        from .loop import known_text
+
+        return known_text(self, rows)
+
+    def loop_audit(self, answers: pd.DataFrame, gold: pd.DataFrame | None, adjudicated: pd.DataFrame | None,
+                   *, method: str = "dawid-skene", seed: int = 0, spot_check_fraction: float = 0.05,
+                   spot_check_among: Collection[Any] | None = None, low_confidence_threshold: float = 0.7,
+                   run_id: str | None = None, data: Mapping[Any, dict[str, Any]] | None = None) -> LoopAudit:
+        """``audit``, then gold and reviewers' answers (tidy, ``adjudicated``) override the
+        consensus, and the review picks. ``method`` is the single-choice consensus method."""
+        from .loop import loop_audit
+
+        return loop_audit(self, answers, gold, adjudicated, seed=seed, spot_check_fraction=spot_check_fraction,
+                          spot_check_among=spot_check_among, low_confidence_threshold=low_confidence_threshold,
+                          run_id=run_id, data=data)
+
+    def spot_check(self, answers: pd.DataFrame, fraction: float, seed: int,
+                   among: Collection[Any] | None = None) -> list[Any]:
+        """Items for a spot check, stratified by (annotator, label)."""
+        from .loop import spot_check
+
+        return spot_check(answers, fraction, seed, among)
+
+    def disagreements(self, answers: pd.DataFrame) -> list[Any]:
+        """Items whose annotators did not all give the same answer."""
+        from .loop import disagreements
+
+        return disagreements(self, answers)
+
+    def review_predictions(self, answers: pd.DataFrame, data: dict[str, Any]) -> list[dict[str, Any]]:
+        """One item's answers as Label Studio predictions, one per annotator (model_version = annotator)."""
+        from .loop import review_predictions
+
+        return review_predictions(self, answers)
+
+    def gate_checks(self, metrics: dict[str, Any], quality: Any) -> list[dict[str, Any]]:
+        """The quality gate's checks of this kind's metrics against the spec's ``quality``
+        (``loop.check`` dicts; a value of None is "not measured")."""
+        raise NotImplementedError(f"{self.control.describe()} has no quality gate")
+
+    def scalars(self, metrics: dict[str, Any]) -> dict[str, float | None]:
+        """The numbers of an audit worth a chart in MLflow."""
+        from .loop import scalars
+
+        return scalars(metrics)
+
+    def loop_report_sections(self, metrics: dict[str, Any], history: Sequence[dict[str, Any]] = ()) -> list[str]:
+        """The report's sections of this control; ``history`` (earlier audits) where the type plots it."""
+        return self.report_sections(metrics)
 
     # -- shared helpers -------------------------------------------------------------------
     def _result(self, result_type: str, value: dict[str, Any]) -> dict[str, Any]:

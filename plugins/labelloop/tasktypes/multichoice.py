@@ -19,6 +19,7 @@ class MultipleChoice(TaskType):
     kind = "multichoice"
     description = '<Choices choice="multiple"> (a set of labels per item; choosing none is an answer)'
     columns = ("label",)
+    learner_class = "labelloop.model.multilabel:MultiLabelLearner"
 
     @classmethod
     def accepts(cls, tag: ElementTree.Element, object_tag: str) -> bool:
@@ -76,3 +77,30 @@ class MultipleChoice(TaskType):
             confidence = confidence.drop(gold_items, errors="ignore")
             confidence = pd.concat([confidence, pd.Series(1.0, index=gold_items)])
         return ControlAudit(self.control, consensus, confidence, metrics)
+
+    # -- the Airflow loop ---------------------------------------------------------------------
+    def known_answer(self, value: Any, data: dict[str, Any], where: str) -> list[dict[str, Any]]:
+        """A list of labels (``[]``: none applies), or its JSON text."""
+        from .loop import decoded
+
+        chosen = decoded(value, where)
+        if not isinstance(chosen, list):
+            raise InputError(f"{where}: a known answer of {self.control.describe()} is a list of labels "
+                             f"(of {list(self.control.labels)}; [] for none), got {chosen!r:.80}")
+        return self.answer_rows([{"value": {"choices": chosen}}], data, where)
+
+    def gate_checks(self, metrics: dict[str, Any], quality: Any) -> list[dict[str, Any]]:
+        from .loop import below, check, ratio
+
+        annotators = metrics["annotators"]
+        pooled = ratio(sum(row["n_correct"] or 0 for row in annotators), sum(row["n_cells"] or 0 for row in annotators))
+        gold_note = ("no labelled gold items" if metrics["gold"] is None
+                     else below(annotators, "accuracy", quality.min_gold_hamming_accuracy, "n_gold"))
+        return [
+            check("gold Hamming accuracy", "min_gold_hamming_accuracy", pooled, quality.min_gold_hamming_accuracy,
+                  gold_note),
+            check("mean per-label Krippendorff's alpha", "min_label_alpha",
+                  metrics["agreement"]["krippendorff_alpha_mean"], quality.min_label_alpha),
+            check("mean consensus confidence", "min_consensus_confidence", metrics["consensus"]["mean_confidence"],
+                  quality.min_consensus_confidence),
+        ]

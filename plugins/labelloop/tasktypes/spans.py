@@ -18,6 +18,7 @@ class Spans(TaskType):
     kind = "spans"
     description = "<Labels> on <Text> (named-entity spans; marking nothing is an answer)"
     columns = ("start", "end", "label")
+    learner_class = "labelloop.model.ner:SpanLearner"
 
     @classmethod
     def accepts(cls, tag: ElementTree.Element, object_tag: str) -> bool:
@@ -104,6 +105,58 @@ class Spans(TaskType):
                 texts[row.item_id][int(row.start):int(row.end)] if row.item_id in texts.index and
                 not pd.isna(row.start) else None for row in consensus.itertuples()])
         return ControlAudit(self.control, consensus, confidence, metrics)
+
+    # -- the Airflow loop ---------------------------------------------------------------------
+    def known_answer(self, value: Any, data: dict[str, Any], where: str) -> list[dict[str, Any]]:
+        """``[[start, end, label], ...]`` (end exclusive; ``[]``: no entity) or Label Studio
+        ``labels`` results, or their JSON text; checked against the task's text."""
+        from .loop import decoded
+
+        spans = decoded(value, where)
+        if not isinstance(spans, list):
+            raise InputError(f"{where}: known spans are a list of [start, end, label] (or Label Studio labels "
+                             f"results), got {spans!r:.80}")
+        results = []
+        for span in spans:
+            if isinstance(span, list) and len(span) == 3:
+                results.append({"value": {"start": span[0], "end": span[1], "labels": [span[2]]}})
+            elif isinstance(span, dict):
+                results.append(span)
+            else:
+                raise InputError(f"{where}: a known span is [start, end, label], got {span!r:.80}")
+        if not isinstance(data.get(self.control.object_field), str):
+            raise InputError(f"{where}: the task has no text in {self.control.object_field!r} to check spans against")
+        return self.answer_rows(results, data, where)
+
+    def review_predictions(self, answers: pd.DataFrame, data: dict[str, Any]) -> list[dict[str, Any]]:
+        """Each annotator's spans, with the text they cover (as Label Studio stores a span)."""
+        import pandas as pd
+
+        from .loop import review_predictions
+
+        text = data.get(self.control.object_field)
+        if isinstance(text, str):
+            answers = answers.assign(text=[None if pd.isna(row.start) else text[int(row.start):int(row.end)]
+                                           for row in answers.itertuples()])
+        return review_predictions(self, answers)
+
+    def gate_checks(self, metrics: dict[str, Any], quality: Any) -> list[dict[str, Any]]:
+        from .loop import below, check, ratio
+
+        annotators = metrics["annotators"]
+        matched = sum(row["exact_matches"] or 0 for row in annotators)
+        marked = sum((row["n_spans"] or 0) + (row["n_gold_spans"] or 0) for row in annotators)
+        gold_note = ("no labelled gold items" if metrics["gold"] is None
+                     else below(annotators, "f1", quality.min_gold_f1, "n_items"))
+        agreement = metrics["agreement"]
+        pair_note = "" if agreement.get("exact_f1") is not None else "no two annotators marked spans on a shared item"
+        return [
+            check("annotators' exact-span F1 on gold", "min_gold_f1",
+                  None if metrics["gold"] is None else ratio(2 * matched, marked), quality.min_gold_f1, gold_note),
+            check("pairwise exact-span F1", "min_span_f1", agreement.get("exact_f1"), quality.min_span_f1, pair_note),
+            check("mean consensus confidence", "min_consensus_confidence", metrics["consensus"]["mean_confidence"],
+                  quality.min_consensus_confidence),
+        ]
 
 
 def _texts(data: Mapping[str, dict[str, Any]], field: str) -> pd.Series:
