@@ -18,6 +18,7 @@ from labelloop.spec import ProjectSpec
 
 if TYPE_CHECKING:  # the backend imports this module: keep Airflow out of its start
     from labelloop.ingest.pipeline import Predictor
+    from labelloop.tasktypes import TaskType
 
 log = logging.getLogger(__name__)
 CHAMPION = "champion"
@@ -84,21 +85,24 @@ def tracking_uri(conn_id: str = settings.MLFLOW_CONN_ID) -> str | None:
     return f"{uri.rstrip('/')}:{conn.port}" if conn.port else uri.rstrip("/")
 
 
+def task_type_of(spec: ProjectSpec) -> TaskType:
+    """The task type of the spec's control: what the model stages train and predict through."""
+    return spec.task_type
+
+
 def predictions(spec: ProjectSpec, model: Any, model_version: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Label Studio predictions (choices, score = top probability) for task data rows."""
+    """Label Studio predictions of the spec's control for task data rows; score = the model's
+    probability of the predicted answer (the queue's uncertainty is 1 - score)."""
     texts = [str(row.get(spec.object_name, "")) for row in rows]
-    probabilities = model.predict_proba(texts)
-    classes = [str(label) for label in model.classes_]
-    result = []
-    for row in probabilities:
-        best = int(row.argmax())
-        result.append({
-            "model_version": model_version,
-            "score": float(row[best]),
-            "result": [{"from_name": spec.control_name, "to_name": spec.object_name, "type": "choices",
-                        "value": {"choices": [classes[best]]}}],
-        })
-    return result
+    return [{"model_version": model_version, "score": prelabel.score, "result": prelabel.result}
+            for prelabel in task_type_of(spec).learner().predict(model, texts)]
+
+
+def load_model(flavor: str, uri: str) -> Any:
+    """A logged model back with its MLflow flavor (``Learner.flavor``: sklearn, spacy)."""
+    import importlib
+
+    return importlib.import_module(f"mlflow.{flavor}").load_model(uri)
 
 
 def load_champion(spec: ProjectSpec, uri: str) -> tuple[str, Predictor] | None:
@@ -117,7 +121,7 @@ def load_champion(spec: ProjectSpec, uri: str) -> tuple[str, Predictor] | None:
         return None
     mlflow.set_tracking_uri(uri)
     with registry_errors(uri, f"loading {spec.model.name} version {version}"):
-        model = mlflow.sklearn.load_model(f"models:/{spec.model.name}/{version}")
+        model = load_model(task_type_of(spec).learner().flavor, f"models:/{spec.model.name}/{version}")
     model_version = f"{spec.model.name}:{version}"
     return model_version, lambda rows: predictions(spec, model, model_version, rows)
 

@@ -20,8 +20,9 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
-from labelloop.model.prelabel import CHAMPION, champion_number, registered_model, registry_errors
-from labelloop.model.train import evaluate, numeric
+from labelloop.model.learner import Learner, promotion_metric
+from labelloop.model.prelabel import CHAMPION, champion_number, load_model, registered_model, registry_errors
+from labelloop.model.train import ChoiceLearner, numeric
 from labelloop.spec import Model
 
 HISTORY_TAG = "labelloop.champion_history"
@@ -37,9 +38,13 @@ class Decision:
     champion: float | None
 
 
-def decide(model: Model, candidate: dict[str, Any], champion: dict[str, Any] | None) -> Decision:
-    """Promote only a candidate better than the champion by the margin, or a first one above the floor."""
-    metric = model.metric
+def decide(model: Model, candidate: dict[str, Any], champion: dict[str, Any] | None,
+           learner: Learner | None = None) -> Decision:
+    """Promote only a candidate better than the champion by the margin, or a first one above the floor.
+
+    The metric is ``model.metric``, or the learner's kind's default (macro-F1 for choices,
+    exact-span F1 for spans)."""
+    metric = promotion_metric(learner or ChoiceLearner(), model)
     score = float(candidate[metric])
     if champion is None:
         if score >= model.min_score:
@@ -67,9 +72,13 @@ def champion_version(client: MlflowClient, name: str) -> Any | None:
 
 
 def log_candidate(model: Model, pipeline: Any, train: pd.DataFrame, evaluation: pd.DataFrame,
-                  lineage: dict[str, Any], experiment: str) -> tuple[Any, dict[str, Any]]:
-    """Log params, metrics, plots, dataset lineage and the model; register a new version."""
-    metrics = evaluate(pipeline, evaluation["text"], evaluation["label"])
+                  lineage: dict[str, Any], experiment: str,
+                  learner: Learner | None = None) -> tuple[Any, dict[str, Any]]:
+    """Log params, metrics, plots, dataset lineage and the model; register a new version.
+
+    ``learner``: the control's (``task_type.learner()``); None is the single-label classifier."""
+    learner = learner or ChoiceLearner()
+    metrics = learner.evaluate(pipeline, evaluation)
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=f"train-{lineage.get('snapshot_run', 'manual')}") as run:
         with warnings.catch_warnings():
@@ -80,20 +89,32 @@ def log_candidate(model: Model, pipeline: Any, train: pd.DataFrame, evaluation: 
                                                      name="training"), context="training")
             mlflow.log_input(mlflow.data.from_pandas(evaluation, source=lineage["snapshot"], targets="label",
                                                      name="gold-evaluation"), context="evaluation")
-        mlflow.log_params({"estimator": model.estimator or "calibrated LinearSVC", **model.params,
-                           "n_train": len(train), "n_eval": len(evaluation)})
+        mlflow.log_params({"estimator": learner.describe(model), **model.params,
+                           "n_train": train["item_id"].nunique(), "n_eval": evaluation["item_id"].nunique()})
         mlflow.log_metrics(numeric(metrics))
         mlflow.set_tags({f"lineage.{key}": str(value) for key, value in lineage.items()})
         mlflow.log_dict({"labels": train["label"].value_counts().to_dict()}, "label_distribution.json")
-        with tempfile.TemporaryDirectory() as folder:
-            mlflow.log_artifact(str(_confusion_plot(metrics, Path(folder))), "plots")
-        info = mlflow.sklearn.log_model(
-            pipeline, name="model", registered_model_name=model.name, pip_requirements=PIP_REQUIREMENTS,
-            # An array (not a list) lets MLflow infer the string-input signature.
-            input_example=np.asarray(train["text"].head(2)), serialization_format="cloudpickle",
-        )
+        if "confusion" in metrics:
+            with tempfile.TemporaryDirectory() as folder:
+                mlflow.log_artifact(str(_confusion_plot(metrics, Path(folder))), "plots")
+        info = _log_model(learner.flavor, pipeline, model.name, train)
     version = MlflowClient().get_model_version(model.name, str(info.registered_model_version))
     return version, {**metrics, "run_id": run.info.run_id}
+
+
+def _log_model(flavor: str, fitted: Any, name: str, train: pd.DataFrame) -> Any:
+    """Log and register the fitted model with its MLflow flavor (requirements given: inferring
+    them costs seconds)."""
+    if flavor == "spacy":
+        import spacy
+
+        return mlflow.spacy.log_model(fitted, name="model", registered_model_name=name,
+                                      pip_requirements=[f"spacy=={spacy.__version__}"])
+    return mlflow.sklearn.log_model(
+        fitted, name="model", registered_model_name=name, pip_requirements=PIP_REQUIREMENTS,
+        # An array (not a list) lets MLflow infer the string-input signature.
+        input_example=np.asarray(train["text"].head(2)), serialization_format="cloudpickle",
+    )
 
 
 def _confusion_plot(metrics: dict[str, Any], folder: Path) -> Path:
@@ -146,10 +167,12 @@ def move_champion(client: MlflowClient, name: str, version: str, reason: str, ac
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-100:]))
 
 
-def evaluate_champion(client: MlflowClient, name: str, evaluation: pd.DataFrame) -> tuple[Any, dict[str, Any]] | None:
+def evaluate_champion(client: MlflowClient, name: str, evaluation: pd.DataFrame,
+                      learner: Learner | None = None) -> tuple[Any, dict[str, Any]] | None:
     """The current champion's metrics on the same evaluation set as the candidate."""
+    learner = learner or ChoiceLearner()
     version = champion_version(client, name)
     if version is None:
         return None
-    champion = mlflow.sklearn.load_model(f"models:/{name}/{version.version}")
-    return version, evaluate(champion, evaluation["text"], evaluation["label"])
+    champion = load_model(learner.flavor, f"models:/{name}/{version.version}")
+    return version, learner.evaluate(champion, evaluation)

@@ -17,7 +17,7 @@ import pandas as pd
 from labelloop.hooks.labelstudio import LabelStudioHook
 from labelloop.ingest.pipeline import storage_path
 from labelloop.ingest.validate import HASH_FIELD, PRIORITY_FIELD
-from labelloop.model.prelabel import registered_model, registry_errors
+from labelloop.model.prelabel import registered_model, registry_errors, task_type_of
 from labelloop.spec import ProjectSpec
 from labelloop.state import read_json, write_json
 
@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 PASSED_REMEDY = "run the audit DAG: an audit that passes the quality gate rewrites it"
 PRELABELS_REMEDY = ("delete it: the next pre-label refresh re-predicts the unannotated tasks with the champion "
                     "(and the queue's generation count starts again)")
+
+
+#: The metrics the approval's comparison table shows, where the kind measures them.
+HEADLINE = ("accuracy", "macro_f1", "exact_match", "span_f1", "precision", "recall", "log_loss", "ece")
 
 
 class NothingToTrain(Exception):
@@ -36,15 +40,35 @@ def _texts(tasks: pd.DataFrame, field: str) -> pd.Series:
 
 
 def training_sets(spec: ProjectSpec, consensus: pd.DataFrame, tasks: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, evaluation) frames with columns item_id, text, label."""
+    """(train, evaluation) tidy frames: item_id, text and the control's answer columns (label;
+    start, end, label for spans), one row per label or span, an all-NA row for "nothing".
+
+    An item trains when all its consensus rows are trusted: adjudicated, or consensus at or
+    above the confidence floor (a span item is kept or dropped whole: dropping one doubtful
+    span would teach the model that there is nothing there)."""
+    columns = list(task_type_of(spec).columns)
     tasks = tasks.assign(text=_texts(tasks, spec.object_name))
     gold = tasks[tasks["gold_label"].notna()]
-    evaluation = gold[["item_id", "text"]].assign(label=gold["gold_label"]).reset_index(drop=True)
+    evaluation = gold_rows(spec, gold).reset_index(drop=True)
     trusted = (consensus["source"] == "adjudicated") | (
         (consensus["source"] == "consensus") & (consensus["confidence"] >= spec.quality.min_consensus_confidence))
+    trusted = trusted.groupby(consensus["task_id"]).transform("all")
     labeled = consensus[trusted & ~consensus["task_id"].isin(gold["task_id"])]
-    train = labeled.merge(tasks[["task_id", "text"]], on="task_id")[["item_id", "text", "label"]]
+    train = labeled.merge(tasks[["task_id", "text"]], on="task_id")[["item_id", "text", *columns]]
     return train.dropna(subset=["text"]).reset_index(drop=True), evaluation.dropna(subset=["text"])
+
+
+def gold_rows(spec: ProjectSpec, gold: pd.DataFrame) -> pd.DataFrame:
+    """The gold tasks' known answers as tidy rows (item_id, text, answer columns), read by the
+    task type from ``gold_label`` as the task meta keeps it (``TaskType.known_answer``)."""
+    task_type = task_type_of(spec)
+    columns = list(task_type.columns)
+    rows = []
+    for item, text, stored, data in zip(gold["item_id"], gold["text"], gold["gold_label"], gold["data"]):
+        answer = task_type.known_answer(stored, json.loads(data), f"gold answer of item {item!r} (gold_label)")
+        rows += [{"item_id": item, "text": text, **row} for row in answer] or [
+            {"item_id": item, "text": text, **dict.fromkeys(columns)}]
+    return pd.DataFrame(rows, columns=["item_id", "text", *columns])
 
 
 def frame_digest(frame: pd.DataFrame) -> str:
@@ -70,17 +94,20 @@ def retrain(spec: ProjectSpec, tracking_uri: str, force: bool = False, dry_run: 
     import mlflow
     from mlflow import MlflowClient
 
+    from labelloop.model.learner import promotion_metric
     from labelloop.model.registry import decide, evaluate_champion, log_candidate, record_decision
-    from labelloop.model.train import evaluate, fit
 
     if spec.model is None:
         raise NothingToTrain(f"the spec {spec.name} names no model")
+    learner = task_type_of(spec).learner()
+    promotion_metric(learner, spec.model)  # a metric the kind does not measure fails before training
     passed, consensus, tasks = load_passed_audit(spec)
     train, evaluation = training_sets(spec, consensus, tasks)
     if evaluation.empty:
         raise NothingToTrain("no gold items to evaluate on: set annotation.gold_fraction and give records labels")
-    lineage = {"snapshot": passed["snapshot"], "audit": passed["audit"], "n_train": len(train),
-               "n_eval": len(evaluation), "train_digest": frame_digest(train), "eval_digest": frame_digest(evaluation)}
+    lineage = {"snapshot": passed["snapshot"], "audit": passed["audit"], "n_train": train["item_id"].nunique(),
+               "n_eval": evaluation["item_id"].nunique(), "train_digest": frame_digest(train),
+               "eval_digest": frame_digest(evaluation)}
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri)
     name = spec.model.name
@@ -90,16 +117,16 @@ def retrain(spec: ProjectSpec, tracking_uri: str, force: bool = False, dry_run: 
     if seen and not force:
         raise NothingToTrain(f"version {seen[0].version} was already trained on this data (audit {passed['audit']}); "
                              f"trigger with force=true to train again")
-    pipeline = fit(spec.model, train["text"], train["label"])
+    pipeline = learner.fit(spec.model, train)
     if dry_run:
-        return {"dry_run": True, **lineage, "metrics": _headline(evaluate(pipeline, evaluation["text"], evaluation["label"]))}
+        return {"dry_run": True, **lineage, "metrics": _headline(learner.evaluate(pipeline, evaluation))}
     with registry_errors(tracking_uri, f"registering a candidate of {name}"):
         version, metrics = log_candidate(spec.model, pipeline, train, evaluation, lineage,
-                                         experiment=f"labelloop/{spec.name}/training")
+                                         experiment=f"labelloop/{spec.name}/training", learner=learner)
         client.set_model_version_tag(name, version.version, "train_digest", lineage["train_digest"])
     with registry_errors(tracking_uri, f"evaluating the champion of {name}"):
-        champion = evaluate_champion(client, name, evaluation)  # raises rather than read a failure as "none"
-    decision = decide(spec.model, metrics, champion[1] if champion else None)
+        champion = evaluate_champion(client, name, evaluation, learner)  # raises rather than read a failure as "none"
+    decision = decide(spec.model, metrics, champion[1] if champion else None, learner)
     status = "pending_approval" if decision.promote and spec.model.require_approval else (
         "approved" if decision.promote else "rejected")
     with registry_errors(tracking_uri, f"tagging {name} version {version.version} with the decision"):
@@ -113,7 +140,7 @@ def retrain(spec: ProjectSpec, tracking_uri: str, force: bool = False, dry_run: 
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, float]:
-    return {key: round(float(metrics[key]), 4) for key in ("accuracy", "macro_f1", "log_loss", "ece") if key in metrics}
+    return {key: round(float(metrics[key]), 4) for key in HEADLINE if key in metrics}
 
 
 def comparison_markdown(outcome: dict[str, Any], tracking_uri: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.base import ClassifierMixin
@@ -19,7 +19,15 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, log_loss
 from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.svm import LinearSVC
 
+from labelloop.model.learner import Prelabel
 from labelloop.spec import Model
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from labelloop.tasktypes import TaskType
+
+DEFAULT_ESTIMATOR = "calibrated LinearSVC"
 
 
 def classifier(model: Model) -> ClassifierMixin:
@@ -37,12 +45,16 @@ def classifier(model: Model) -> ClassifierMixin:
     return estimator
 
 
-def build_pipeline(model: Model) -> Pipeline:
-    features = FeatureUnion([
+def text_features() -> FeatureUnion:
+    """Word 1-2 gram and character 2-5 gram TF-IDF (the multi-label model uses the same)."""
+    return FeatureUnion([
         ("words", TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True)),
         ("chars", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2, sublinear_tf=True)),
     ])
-    return Pipeline([("features", features), ("classifier", classifier(model))])
+
+
+def build_pipeline(model: Model) -> Pipeline:
+    return Pipeline([("features", text_features()), ("classifier", classifier(model))])
 
 
 def fit(model: Model, texts: Sequence[str], labels: Sequence[str]) -> Pipeline:
@@ -90,3 +102,31 @@ def evaluate(pipeline: Any, texts: Sequence[str], labels: Sequence[str]) -> dict
 def numeric(metrics: dict[str, Any]) -> dict[str, float]:
     """The metrics MLflow can log (drops the confusion matrix and class list)."""
     return {key: float(value) for key, value in metrics.items() if isinstance(value, int | float)}
+
+
+class ChoiceLearner:
+    """Single-label classification (``<Choices>``, one choice): the functions above, unchanged."""
+
+    flavor = "sklearn"
+    metrics = ("macro_f1", "accuracy")
+
+    def __init__(self, task_type: TaskType | None = None) -> None:
+        self.task_type = task_type
+
+    def describe(self, model: Model) -> str:
+        return model.estimator or DEFAULT_ESTIMATOR
+
+    def fit(self, model: Model, train: pd.DataFrame) -> Pipeline:
+        return fit(model, train["text"], train["label"])
+
+    def evaluate(self, fitted: Any, evaluation: pd.DataFrame) -> dict[str, Any]:
+        return evaluate(fitted, evaluation["text"], evaluation["label"])
+
+    def predict(self, fitted: Any, texts: list[str]) -> list[Prelabel]:
+        """The most probable label; score = its probability."""
+        assert self.task_type is not None, "predictions need the control they answer"
+        probabilities = fitted.predict_proba(texts)
+        classes = [str(label) for label in fitted.classes_]
+        best = probabilities.argmax(axis=1)
+        return [Prelabel([self.task_type._result("choices", {"choices": [classes[index]]})], float(row[index]))
+                for row, index in zip(probabilities, best)]

@@ -49,7 +49,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from labelloop import settings as labelloop_settings
-from labelloop.model.prelabel import predictions
+from labelloop.model.prelabel import predictions, task_type_of
 from labelloop.serving.champion import Champion
 from labelloop.spec import LabelingConfig, ProjectSpec, load_specs
 from labelloop.stack import Server
@@ -275,7 +275,8 @@ def create_app(settings: Settings, champion: Champion | None = None) -> FastAPI:
     """The backend for one project spec; the champion poller runs while the app is up."""
     spec = settings.spec
     assert spec.model is not None  # Settings checked it
-    champion = champion or Champion(spec.model.name, settings.tracking_uri, settings.poll_seconds)
+    champion = champion or Champion(spec.model.name, settings.tracking_uri, settings.poll_seconds,
+                                    flavor=task_type_of(spec).learner().flavor)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

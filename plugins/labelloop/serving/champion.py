@@ -16,7 +16,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from labelloop.model.prelabel import CHAMPION, RegistryError, champion_number
+from labelloop.model.prelabel import CHAMPION, RegistryError, champion_number, load_model
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,9 @@ class Loaded:
 class Champion:
     """Holds the champion of one registered model; ``refresh`` checks the alias once."""
 
-    def __init__(self, name: str, tracking_uri: str, poll_seconds: float = 10.0) -> None:
+    def __init__(self, name: str, tracking_uri: str, poll_seconds: float = 10.0, flavor: str = "sklearn") -> None:
         self.name = name
+        self.flavor = flavor  # the MLflow flavor the spec's learner logs (Learner.flavor)
         self.tracking_uri = tracking_uri
         self.poll_seconds = poll_seconds
         self.current: Loaded | None = None
@@ -108,7 +109,7 @@ class Champion:
             path = mlflow.artifacts.download_artifacts(
                 artifact_uri=f"models:/{self.name}/{version}", dst_path=folder,
                 tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
-            return mlflow.sklearn.load_model(path)
+            return load_model(self.flavor, path)
 
     # Background polling -----------------------------------------------------------------------
 
