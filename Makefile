@@ -17,17 +17,30 @@ define make_venv
 	  $(PYTHON) -m uv pip install --quiet --python $(1)/bin/python -r $(2); \
 	else \
 	  $(PYTHON) -m venv $(1) && $(1)/bin/pip install --quiet -r $(2); \
-	fi; \
-	touch $(1)/.installed
+	fi
 endef
 
-$(VENV)/.installed: requirements-dev.txt requirements.txt
+# labelloop itself, as the Airflow provider it is (docs/provider.md), after the pinned requirements
+# and without touching them: --no-deps, and the lock's setuptools as build backend (no index needed).
+# Editable, so the installed package and plugins/labelloop are the same files.
+define install_labelloop
+	@if $(PYTHON) -m uv --version >/dev/null 2>&1; then \
+	  $(PYTHON) -m uv pip install --quiet --python $(1)/bin/python --no-deps --no-build-isolation -e .; \
+	else \
+	  $(1)/bin/pip install --quiet --no-deps --no-build-isolation -e .; \
+	fi
+endef
+
+$(VENV)/.installed: requirements-dev.txt requirements.txt pyproject.toml
 	@echo "installing Airflow + labelloop into $(VENV) ..."
 	$(call make_venv,$(VENV),requirements-dev.txt)
+	$(call install_labelloop,$(VENV))
+	@touch $@
 
 $(LS_VENV)/.installed: requirements-labelstudio.txt
 	@echo "installing Label Studio into $(LS_VENV) (its own environment) ..."
 	$(call make_venv,$(LS_VENV),requirements-labelstudio.txt)
+	@touch $@
 
 demo: setup
 	$(VENV)/bin/python -m labelloop demo

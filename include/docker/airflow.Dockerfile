@@ -22,6 +22,13 @@ COPY --chown=airflow:0 plugins/ /opt/airflow/plugins/
 COPY --chown=airflow:0 dags/ /opt/airflow/dags/
 COPY --chown=airflow:0 include/ /opt/airflow/include/
 
+# labelloop as an Airflow provider (registers the `labelstudio` connection type in the UI), the
+# same way `make setup` installs it: after the lock, --no-deps (nothing re-resolved), built by the
+# lock's setuptools. Editable from /opt/airflow, so the installed package IS /opt/airflow/plugins/
+# labelloop: the copy on the plugins/ sys.path entry and the installed one cannot differ.
+COPY --chown=airflow:0 pyproject.toml /opt/airflow/pyproject.toml
+RUN pip install --no-cache-dir --no-deps --no-build-isolation -e /opt/airflow
+
 # Mount point of the `airflow-auth` volume (Simple auth manager password file). Created here so
 # the named volume inherits the airflow user's ownership on first use.
 RUN mkdir -p /opt/airflow/auth

@@ -1,0 +1,14 @@
+"""labelloop's operators, for plugging Label Studio into DAGs of your own (docs/provider.md).
+
+Each imports only Airflow at module level; the work (SDKs, pandas) is imported when it runs.
+"""
+
+from labelloop.operators.audit import AuditOperator
+from labelloop.operators.labelstudio import (
+    LabelStudioExportOperator,
+    LabelStudioImportOperator,
+    WaitForAnnotationsOperator,
+)
+
+__all__ = ["AuditOperator", "LabelStudioExportOperator", "LabelStudioImportOperator",
+           "WaitForAnnotationsOperator"]

@@ -1,0 +1,146 @@
+"""Operators for your own DAGs: get data into Label Studio, wait for people, get answers out.
+
+Thin wrappers over the same code the labelloop DAGs run (``labelloop.ingest.job``,
+``labelloop.collect.snapshot``), so a task of yours and a labelloop DAG share the project's
+journal and snapshots in the spec's ``storage_uri``. Example DAG: docs/provider.md.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from airflow.sdk import BaseOperator
+
+from labelloop import settings
+from labelloop.factory import fails_without_retry
+from labelloop.operators.base import SpecOperator
+from labelloop.operators.links import LabelStudioProjectLink
+from labelloop.triggers.labelstudio import COUNTED, LabelStudioAnnotationsTrigger
+
+
+class LabelStudioImportOperator(SpecOperator):
+    """Import the spec's new source objects as Label Studio tasks (the ingest DAG's ``ingest``).
+
+    Creates or updates the project first. Every record ends imported, duplicate or quarantined;
+    a re-run imports nothing twice. Returns the run summary (``project_id``, ``imported``, ...).
+
+    Takes every new object there when it runs, so objects an upstream task of the same run wrote
+    are imported; ``modified_before`` (templated, e.g. ``"{{ data_interval_end }}"``) leaves
+    later ones to a later run, as the ingest DAG does on its schedule.
+    """
+
+    template_fields = (*SpecOperator.template_fields, "modified_before")
+    operator_extra_links = (LabelStudioProjectLink(),)
+    ui_color = "#ffe3cc"
+
+    def __init__(self, *, modified_before: datetime | str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.modified_before = modified_before
+
+    def cutoff(self) -> datetime | None:
+        if self.modified_before is None or isinstance(self.modified_before, datetime):
+            return self.modified_before
+        import pendulum
+
+        try:
+            return pendulum.parse(str(self.modified_before))
+        except ValueError as error:
+            raise ValueError(f"{self.task_id}: modified_before {self.modified_before!r} is not a date and "
+                             f"time (give ISO 8601, e.g. 2026-01-01T00:00:00+00:00): {error}") from None
+
+    @fails_without_retry
+    def execute(self, context: Any) -> dict[str, Any]:
+        from labelloop.ingest.job import ingest_report, run_ingest
+
+        summary = run_ingest(self.load_spec(), self.hook, context["run_id"], self.cutoff())
+        LabelStudioProjectLink.persist(context, self.hook.project_url(summary["project_id"]))
+        for line in ingest_report(summary):
+            self.log.info("%s", line)
+        return summary
+
+
+class LabelStudioExportOperator(SpecOperator):
+    """Snapshot the project's annotations (and its review project's) into Parquet tables under
+    ``<storage_uri>/collect/`` (the collect DAG's ``collect``); returns the snapshot's manifest.
+    ``full=True`` asks for a full reconciliation now, whatever the spec's collect settings say."""
+
+    operator_extra_links = (LabelStudioProjectLink(),)
+    ui_color = "#ffe3cc"
+
+    def __init__(self, *, full: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.full = full
+
+    @fails_without_retry
+    def execute(self, context: Any) -> dict[str, Any]:
+        from labelloop.collect.snapshot import collect
+
+        result = collect(self.load_spec(), self.hook, context["run_id"],
+                         context["dag_run"].run_after.isoformat(), full=self.full)
+        if result["project_id"] is not None:
+            LabelStudioProjectLink.persist(context, self.hook.project_url(result["project_id"]))
+        self.log.info("snapshot %s: %s -> %s", result["run"], result["counts"], result["uri"])
+        return result
+
+
+class WaitForAnnotationsOperator(BaseOperator):
+    """Wait, deferred (no worker slot held), until a project has enough annotated tasks.
+
+    Give ``min_annotated`` (a number of tasks) or ``min_share`` (a share of the project's tasks,
+    0 < share <= 1), or both (both must hold). ``count="annotated"`` counts tasks with at least one
+    annotation; ``count="finished"`` those with every answer the project asks for. The triggerer
+    makes one Label Studio call per ``poll_interval``. Returns the last progress it saw.
+    """
+
+    template_fields = ("project_id", "labelstudio_conn_id")
+    operator_extra_links = (LabelStudioProjectLink(),)
+    ui_color = "#ffe3cc"
+
+    def __init__(self, *, project_id: int | str, min_annotated: int | None = None,
+                 min_share: float | None = None, count: Literal["annotated", "finished"] = "annotated",
+                 poll_interval: float = 60.0, wait_timeout: timedelta | None = None,
+                 labelstudio_conn_id: str = settings.LABELSTUDIO_CONN_ID, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if min_annotated is None and min_share is None:
+            raise ValueError(f"{self.task_id}: give min_annotated (tasks) or min_share (0 < share <= 1)")
+        if min_share is not None and not 0 < min_share <= 1:
+            raise ValueError(f"{self.task_id}: min_share is {min_share!r}; give a share in (0, 1]")
+        if min_annotated is not None and min_annotated < 1:
+            raise ValueError(f"{self.task_id}: min_annotated is {min_annotated!r}; give a number of tasks >= 1")
+        if count not in COUNTED:
+            raise ValueError(f"{self.task_id}: count is {count!r}; accepted: {sorted(COUNTED)}")
+        self.project_id = project_id  # templated: "{{ ti.xcom_pull(task_ids='import')['project_id'] }}"
+        self.min_annotated = min_annotated
+        self.min_share = min_share
+        self.count = count
+        self.poll_interval = poll_interval
+        self.wait_timeout = wait_timeout
+        self.labelstudio_conn_id = labelstudio_conn_id
+
+    def execute(self, context: Any) -> None:
+        from labelloop.hooks.labelstudio import LabelStudioHook
+
+        project_id = int(self.project_id)
+        hook = LabelStudioHook(labelstudio_conn_id=self.labelstudio_conn_id)
+        LabelStudioProjectLink.persist(context, hook.project_url(project_id))
+        self.defer(
+            trigger=LabelStudioAnnotationsTrigger(
+                project_id=project_id, min_annotated=self.min_annotated, min_share=self.min_share,
+                count=self.count, poll_interval=self.poll_interval,
+                labelstudio_conn_id=self.labelstudio_conn_id),
+            method_name="execute_complete",
+            timeout=self.wait_timeout,
+        )
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The trigger's event: success carries the progress; anything else fails the task."""
+        from airflow.sdk.exceptions import AirflowException
+
+        if not event or event.get("status") != "success":
+            message = (event or {}).get("message", f"no event (got {event!r})")
+            raise AirflowException(f"waiting for annotations on project {self.project_id}: {message}")
+        progress = {key: value for key, value in event.items() if key != "status"}
+        self.log.info("project %s: %s of %s tasks %s (wanted %s)", progress["project_id"], progress["counted"],
+                      progress["tasks"], self.count, progress["target"])
+        return progress
