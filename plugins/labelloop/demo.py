@@ -191,7 +191,7 @@ def run_loop(config: StackConfig, spec: ProjectSpec, airflow: Airflow) -> None:
     for number, chunk in enumerate((lines[:ROUND_SPLIT], lines[ROUND_SPLIT:]), start=1):
         print(f"round {number}: {drop_round(spec.source.uri, f'round{number}.jsonl', chunk)}", flush=True)
         run = airflow.run(f"{prefix}__ingest")
-        summary = airflow.xcom(f"{prefix}__ingest", run["run_id"], "ingest") or {}
+        summary = airflow.xcom(f"{prefix}__ingest", run["run_id"], "reduce_summaries") or {}
         print("  ingest: " + ", ".join(f"{k} {summary.get(k)}" for k in ("read", "imported", "duplicate", "quarantined")))
         project_id = hook.find_project(spec.title).id
         labeled = label_queue(hook, spec, project_id, LABELED_PER_ROUND, ACCURACIES, seed=number)

@@ -106,45 +106,49 @@ def ingest_dag(spec: ProjectSpec) -> DAG:
         spec, "ingest",
         description=f"Raw objects under {spec.source.uri} become tasks of '{spec.title}'",
         schedule=spec.schedules.ingest,
-        doc_md="Lists new objects, validates and de-duplicates their records, pre-labels them with "
-               "the champion model when there is one, and imports them in batches. Every record "
-               "ends imported, duplicate or quarantined; see the run summary in the task's XCom. "
+        doc_md="Lists new objects and splits them into groups (`ingest.group_bytes`, at most "
+               "`ingest.max_groups`; a small run is one group). Each group is one mapped `ingest_group` "
+               "task: it validates and de-duplicates its records, pre-labels them with the champion model "
+               "when there is one, and imports them in journaled batches. `reduce_summaries` deletes any "
+               "content two groups both imported (keeping the lowest task id), writes the manifest and "
+               "the run summary (its XCom). Every record ends imported, duplicate or quarantined. "
                "`announce` updates the tasks Asset (collect listens) only when tasks were imported.",
     ) as dag:
+        path = str(spec.spec_path)
 
         @task
         @fails_without_retry
-        def ingest(spec_path: str, **context: Any) -> dict[str, Any]:
+        def list_groups(spec_path: str, **context: Any) -> list[dict[str, Any]]:
             from labelloop.hooks.labelstudio import LabelStudioHook
-            from labelloop.ingest.pipeline import Ingest, ingest_counts_line
-            from labelloop.model.prelabel import RegistryError, load_predictor
-            from labelloop.model.retrain import leave_for_refresh, queue_generation
-            from labelloop.project import ensure_project
+            from labelloop.ingest.job import ingest_cutoff, plan_ingest
 
-            spec = _load(spec_path)
-            hook = LabelStudioHook()
-            project_id, _ = ensure_project(hook, spec)
-            run = context["dag_run"]
-            # Scheduled runs take objects modified before their interval's end; a person who
-            # triggers by hand wants what is there now.
-            cutoff = run.run_after if run.run_type == "manual" else context.get("data_interval_end") or run.run_after
-            try:
-                predictor, registry_down = load_predictor(spec), None
-            except RegistryError as error:  # annotators keep getting tasks; the refresh pre-labels them
-                predictor, registry_down = None, str(error)
-            generation = queue_generation(spec) if predictor else 0
-            summary = Ingest(spec, hook, context["run_id"], predictor, generation).run(project_id, cutoff)
-            summary["prelabels"] = ("by the champion" if predictor else "none (no champion model)"
-                                    if registry_down is None else f"NONE, left to the next refresh: {registry_down}")
-            if registry_down and summary["imported"]:
-                leave_for_refresh(spec, summary["run"], registry_down)
-            print(f"ingest {summary['run']}: {summary['objects']} objects; {ingest_counts_line(summary)}; "
-                  f"pre-labels {summary['prelabels']}")
-            for skipped in summary["skipped_objects"]:
-                print(f"skipped object {skipped['object']}: {skipped['reason']}")
-            if not summary["balanced"]:
-                raise RuntimeError(f"counts do not add up: {ingest_counts_line(summary)}")
-            return {key: value for key, value in summary.items() if key != "per_object"}
+            groups = plan_ingest(_load(spec_path), LabelStudioHook(), context["run_id"], ingest_cutoff(context))
+            print(f"{sum(len(group['objects']) for group in groups)} new objects in {len(groups)} groups")
+            return groups
+
+        @task(map_index_template="{{ group_label }}")
+        @fails_without_retry
+        def ingest_group(spec_path: str, group: dict[str, Any], **context: Any) -> dict[str, Any]:
+            from airflow.sdk import get_current_context
+
+            from labelloop.hooks.labelstudio import LabelStudioHook
+            from labelloop.ingest.job import ingest_group as import_group
+
+            get_current_context()["group_label"] = f"group {group['group']} ({len(group['objects'])} objects)"
+            result = import_group(_load(spec_path), LabelStudioHook(), context["run_id"], group)
+            print(f"group {result['group']}: {result['objects']} objects; " + ", ".join(
+                f"{name} {result[name]:,}" for name in ("read", "imported", "duplicate", "quarantined")))
+            return result
+
+        @task
+        @fails_without_retry
+        def reduce_summaries(spec_path: str, groups: list[dict[str, Any]], **context: Any) -> dict[str, Any]:
+            from labelloop.hooks.labelstudio import LabelStudioHook
+            from labelloop.ingest.job import finish_ingest, ingest_report
+
+            summary = finish_ingest(_load(spec_path), LabelStudioHook(), context["run_id"], list(groups))
+            print("\n".join(ingest_report(summary)))
+            return summary
 
         @task(outlets=[tasks_asset(spec)])
         def announce(summary: dict[str, Any], **context: Any) -> None:
@@ -158,7 +162,8 @@ def ingest_dag(spec: ProjectSpec) -> DAG:
             context["outlet_events"][tasks_asset(spec)].extra = {"run": summary["run"],
                                                                  "imported": summary["imported"]}
 
-        announce(ingest(str(spec.spec_path)))
+        results = ingest_group.partial(spec_path=path).expand(group=list_groups(path))
+        announce(reduce_summaries(path, results))
     return dag
 
 
@@ -171,14 +176,21 @@ def _collect_schedule(spec: ProjectSpec) -> Any:
 
 
 def collect_dag(spec: ProjectSpec) -> DAG:
+    from airflow.sdk import Param
+
     with project_dag(
         spec, "collect",
         description=f"Snapshot the annotations of '{spec.title}' into a Parquet table",
         schedule=_collect_schedule(spec),
-        doc_md="Exports the project and its review project with Label Studio export snapshots "
-               "(create, poll, download), flattens them to one row per annotation result and writes "
-               f"`{spec.storage_uri}/collect/snapshots/<run>/` plus `collect/latest.json`. A re-run "
-               "rewrites its own snapshot. Columns: docs/collect-audit.md.",
+        doc_md="Exports the tasks of the project and its review project changed since the last snapshot "
+               "(Label Studio export snapshots of a Data Manager filter on `updated_at`), merges them into "
+               "the previous table, flattened to one row per annotation and control, and writes "
+               f"`{spec.storage_uri}/collect/snapshots/<run>/` plus `collect/latest.json`. Every "
+               f"{spec.collect.full_every} runs (or with the param `full`) a full export must equal the "
+               "merged table row for row. A re-run rewrites its own snapshot. Columns: docs/collect-audit.md.",
+        params={"full": Param(False, type="boolean",
+                              description="reconcile now: export the whole project and compare it with the "
+                                          "incremental table")},
     ) as dag:
 
         @task(outlets=[annotations_asset(spec)])
@@ -188,7 +200,8 @@ def collect_dag(spec: ProjectSpec) -> DAG:
             from labelloop.hooks.labelstudio import LabelStudioHook
 
             run_after = context["dag_run"].run_after.isoformat()
-            result = collect_snapshot(_load(spec_path), LabelStudioHook(), context["run_id"], run_after)
+            result = collect_snapshot(_load(spec_path), LabelStudioHook(), context["run_id"], run_after,
+                                      full=bool(context["params"].get("full")))
             print(f"collect {result['run']}: {result['counts']} -> {result['uri']}"
                   + ("" if result["latest"] else " (a later run owns collect/latest.json; left as is)"))
             context["outlet_events"][annotations_asset(spec)].extra = {

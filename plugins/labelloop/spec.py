@@ -115,6 +115,14 @@ class Model(_Strict):
     min_score: Annotated[float, Field(ge=0, le=1)] = 0.8
 
 
+class Collect(_Strict):
+    """How collect reads Label Studio: incrementally (tasks changed since the last snapshot), with a
+    full export every ``full_every`` runs that must equal the incremental table row for row."""
+
+    full_every: Annotated[int, Field(ge=1, description="runs between full reconciliation exports (1: every "
+                                     "run exports the whole project)")] = 24
+
+
 class Schedules(_Strict):
     """Cron expressions or presets (``@hourly``); ``null`` means manual trigger only."""
 
@@ -147,6 +155,7 @@ class ProjectSpec(_Strict):
     quality: Quality = Quality()
     model: Model | None = None
     schedules: Schedules = Schedules()
+    collect: Collect = Collect()
     spec_path: Path | None = Field(None, exclude=True)
 
     @field_validator("labels")

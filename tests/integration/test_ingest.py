@@ -245,3 +245,71 @@ def test_hostile_lines_are_quarantined_and_the_run_goes_on(
     later = summary_of(spec, second.run_id.replace(":", "_").replace("+", "_"))
     assert (later["objects"], later["read"], later["imported"], later["skipped_objects"]) == (1, 1, 1, [])
     assert not (quarantine.parent / later["run"]).exists()  # nothing quarantined: no empty folder
+
+
+def test_fanned_out_run_imports_each_content_once_across_groups(
+        run_dag, labelstudio_hook, make_spec, tmp_path) -> None:
+    """One group per object (``ingest.group_bytes: 1``). The same message in two groups is one
+    task whether the groups run one after the other (DAG run) or at once (as two workers do),
+    and a group retried after the reduce changes nothing."""
+    from labelloop.ingest.job import finish_ingest, ingest_group, plan_ingest
+    from labelloop.ingest.state import run_key
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    lines = SMS.read_text().splitlines()[:220]
+    shared = [json.dumps({"id": f"shared{n}", "text": f"the same message in two groups ({n})"}) for n in (1, 2)]
+    for index in range(5):
+        (raw / f"part-{index}.jsonl").write_text("\n".join(lines[index:100:5] + shared[:index in (0, 4)]) + "\n")
+    path = make_spec(ingest={"group_bytes": 1, "max_groups": 8}, import_batch_size=7)
+    spec = load_spec(path)
+    texts = {json.loads(line)["text"] for line in [*lines[:100], shared[0]]}
+
+    first = run_dag(path, "ingest")
+    assert first.state == "success"
+    summary = summary_of(spec, run_key(first.run_id))
+    assert summary["groups"] == 5 and summary["balanced"]
+    assert (summary["objects"], summary["read"], summary["imported"], summary["duplicate"]) == (
+        5, 102, len(texts), 102 - len(texts))
+    project_id = labelstudio_hook.find_project(spec.title).id
+    assert_one_task_per_content(labelstudio_hook, project_id, len(texts))
+    manifest = json.loads((tmp_path / "store" / "ingest" / "manifest.json").read_text())
+    assert sorted(Path(name).name for name in manifest) == [f"part-{index}.jsonl" for index in range(5)]
+
+    # Two groups at once: the first has the message last, the second first. The second starts
+    # while the first is importing, so neither has seen the other's copy: the reduce keeps one.
+    (raw / "later-0.jsonl").write_text("\n".join(lines[100:200] + shared[1:]) + "\n")
+    (raw / "later-1.jsonl").write_text("\n".join(shared[1:] + lines[200:220]) + "\n")
+    texts |= {json.loads(line)["text"] for line in [*lines[100:], shared[1]]}
+    run = "manual__concurrent"
+    groups = plan_ingest(spec, labelstudio_hook, run, None)
+    assert [len(group["objects"]) for group in groups] == [1, 1]
+    first_group = threading.Thread(target=ingest_group, args=(spec, labelstudio_hook, run, groups[0]))
+    first_group.start()
+    batches = tmp_path / "store" / "ingest" / "runs" / run / "groups" / "0000" / "batches"
+    deadline = time.monotonic() + 60
+    while not (batches.exists() and any(batches.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    results = [ingest_group(spec, labelstudio_hook, run, groups[1])]
+    first_group.join(timeout=120)
+    concurrent = finish_ingest(spec, labelstudio_hook, run, results)
+    assert concurrent["cross_group_duplicates"] == 1, "both groups should have imported the shared message"
+    assert (concurrent["read"], concurrent["balanced"]) == (122, True)
+    assert concurrent["imported"] + concurrent["duplicate"] == 122
+    assert_one_task_per_content(labelstudio_hook, project_id, len(texts))
+
+    # The second group retried twice, as if its worker died after importing but before its
+    # receipt (the finished-object markers gone), and the reduce again: nothing changes.
+    shutil.rmtree(tmp_path / "store" / "ingest" / "runs" / run / "objects")
+    for _ in range(2):
+        assert ingest_group(spec, labelstudio_hook, run, groups[1])["read"] == 21
+    again = finish_ingest(spec, labelstudio_hook, run, results)
+    assert {k: again[k] for k in ("read", "imported", "duplicate", "quarantined", "cross_group_duplicates")} == \
+           {k: concurrent[k] for k in ("read", "imported", "duplicate", "quarantined", "cross_group_duplicates")}
+    assert_one_task_per_content(labelstudio_hook, project_id, len(texts))
+
+    second = run_dag(path, "ingest")
+    assert second.state == "success"
+    later = summary_of(spec, run_key(second.run_id))
+    assert (later["groups"], later["objects"], later["read"], later["imported"]) == (1, 0, 0, 0)
+    assert labelstudio_hook.task_count(project_id) == len(texts)

@@ -28,7 +28,8 @@ from labelloop.stack import StackError, free_port
 from tests.conftest import SMS
 
 pytestmark = pytest.mark.integration
-SAMPLE = 40  # SMS messages ingested
+SAMPLE = 40  # SMS messages ingested, in GROUPS objects of one group each (plus one message in two)
+GROUPS = 4
 
 
 def query(profile: ProductionProfile, database: str, statement: str, *params: Any) -> list[tuple]:
@@ -72,12 +73,18 @@ def test_setup_and_ingest_run_on_celery_workers_into_postgres(
     # A spec whose raw objects are on the profile's S3 server, in the folder its DAG processor reads.
     key = uuid.uuid4().hex[:10]
     path = make_spec(source_uri=f"s3://{BUCKET}/raw/{key}/", storage_uri=f"s3://{BUCKET}/labelloop/{key}",
-                     schedules={"ingest": None, "collect": None})
+                     schedules={"ingest": None, "collect": None}, ingest={"group_bytes": 1},
+                     import_batch_size=5)
     spec_path = profile.projects_dir / path.name
     spec_path.write_text(path.read_text())
     spec = load_spec(spec_path)
     lines = SMS.read_text().splitlines()[:SAMPLE]
-    s3(profile).put_object(Bucket=BUCKET, Key=f"raw/{key}/sample.jsonl", Body="\n".join(lines).encode())
+    shared = json.dumps({"id": "shared", "text": "one message in the first and the last object"})
+    for n in range(GROUPS):
+        body = [shared] if n == GROUPS - 1 else []
+        body += lines[n::GROUPS] + ([shared] if n == 0 else [])
+        s3(profile).put_object(Bucket=BUCKET, Key=f"raw/{key}/part-{n}.jsonl", Body="\n".join(body).encode())
+    unique = len({json.loads(line)["text"] for line in lines}) + 1
 
     airflow = profile.airflow_client()
     runs = {kind: airflow.run(f"{spec.dag_prefix}__{kind}", timeout=600)["run_id"] for kind in ("setup", "ingest")}
@@ -95,14 +102,21 @@ def test_setup_and_ingest_run_on_celery_workers_into_postgres(
             ran_on = [n for n, log in worker_logs.items() if "Executing workload in Celery" in log and ti["id"] in log]
             assert len(ran_on) == 1, f"{dag_id}.{ti['task_id']} ({ti['id']}) not in exactly one worker log: {ran_on}"
 
-    # The tasks are in Label Studio, and Label Studio keeps them in its Postgres database.
-    summary = airflow.xcom(f"{spec.dag_prefix}__ingest", runs["ingest"], "ingest")
-    assert summary["read"] == SAMPLE and summary["imported"] > 0
+    # The ingest fanned out: one mapped task per object, each ran on a worker (checked above).
+    ingest_tis = airflow.call("GET", f"/dags/{spec.dag_prefix}__ingest/dagRuns/{runs['ingest']}/taskInstances")
+    mapped = [ti for ti in ingest_tis["task_instances"] if ti["task_id"] == "ingest_group"]
+    assert sorted(ti["map_index"] for ti in mapped) == list(range(GROUPS))
+    assert {ti["state"] for ti in mapped} == {"success"}
+
+    # Every unique message is exactly one task in Label Studio's Postgres database.
+    summary = airflow.xcom(f"{spec.dag_prefix}__ingest", runs["ingest"], "reduce_summaries")
+    assert (summary["groups"], summary["read"], summary["imported"]) == (GROUPS, SAMPLE + 2, unique)
+    assert summary["balanced"]
     hook = LabelStudioHook()
     project = hook.find_project(spec.title)
-    assert hook.task_count(project.id) == summary["imported"]
-    assert query(profile, "labelstudio", "SELECT count(*) FROM task WHERE project_id = %s", project.id) == [
-        (summary["imported"],)]
+    assert hook.task_count(project.id) == unique
+    assert query(profile, "labelstudio", "SELECT count(*), count(DISTINCT data->>'labelloop_hash') FROM task "
+                 "WHERE project_id = %s", project.id) == [(unique, unique)]
     # Airflow's own metadata is in Postgres too.
     assert query(profile, "airflow", "SELECT count(*) FROM dag_run WHERE dag_id = %s",
                  f"{spec.dag_prefix}__ingest") == [(1,)]

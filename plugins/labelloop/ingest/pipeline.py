@@ -55,13 +55,13 @@ class Ingest:
     """One ingest run of one project (built per task run; holds the run's journal)."""
 
     def __init__(self, spec: ProjectSpec, hook: LabelStudioHook, run_id: str,
-                 predictor: Predictor | None = None, generation: int = 0) -> None:
+                 predictor: Predictor | None = None, generation: int = 0, group: int | None = None) -> None:
         self.spec = spec
         self.hook = hook
         self.validator = RecordValidator(spec)
         self.predictor = predictor
         self.generation = generation  # of the queue's order: see labelloop.ordering
-        self.state = IngestState(storage_path(spec.storage_uri, spec.source.conn_id), run_id)
+        self.state = IngestState(storage_path(spec.storage_uri, spec.source.conn_id), run_id, group)
         self.project_id: int | None = None
         self.buffer: list[dict[str, Any]] = []
         self.buffered_hashes: set[str] = set()
@@ -72,33 +72,59 @@ class Ingest:
     # Run ----------------------------------------------------------------------------------
 
     def run(self, project_id: int, cutoff: datetime | None = None) -> dict[str, Any]:
-        """Ingest objects modified before ``cutoff`` (the data interval's end) not yet processed."""
+        """Ingest objects modified before ``cutoff`` (the data interval's end) not yet processed,
+        all in this task (the DAG fans a run out with ``run_group`` instead)."""
         self.project_id = project_id
-        self._resume()
-        self._reconcile_index()
-        finished = self.state.finished_objects()
+        self.reconcile_index()
+        objects, skipped = self.new_objects(cutoff)
+        finished = self.process(objects)
+        summary = self.summarize(finished, skipped)
+        self.state.save(finished, summary)
+        return summary
+
+    def run_group(self, project_id: int, objects: list[SourceObject]) -> dict[str, dict[str, Any]]:
+        """Ingest one group of a fanned-out run; its receipt waits for the reduce (``groups``)."""
+        self.project_id = project_id
+        finished = self.process(objects)
+        self.state.save_group(finished)
+        return finished
+
+    def new_objects(self, cutoff: datetime | None) -> tuple[list[SourceObject], list[dict[str, str]]]:
+        """Objects this run takes (by name), and those it skips with the reason."""
         source = storage_path(self.spec.source.uri, self.spec.source.conn_id)
+        taken: list[SourceObject] = []
         skipped: list[dict[str, str]] = []
         for obj in list_objects(source):
             if cutoff is not None and obj.modified >= cutoff:
                 continue  # belongs to a later data interval
-            if not self.state.is_new(obj) or obj.name in finished:
+            if not self.state.is_new(obj):
                 continue
             fmt = format_of(obj.path.name)
             if fmt not in self.spec.source.formats:
                 skipped.append({"object": obj.name, "reason": f"format {fmt or 'unknown'} is not in source.formats "
                                 f"{self.spec.source.formats}; rename it or add the format"})
                 continue
-            self._read_object(obj, fmt)
+            taken.append(obj)
+        return taken, skipped
+
+    def process(self, objects: list[SourceObject]) -> dict[str, dict[str, Any]]:
+        """Read and import ``objects``; those an earlier attempt of this run finished are not read
+        again. Returns each object's entry (its counts)."""
+        self._resume()
+        earlier = self.state.finished_objects()
+        finished: dict[str, dict[str, Any]] = {}
+        for obj in objects:
+            if obj.name in earlier:
+                finished[obj.name] = earlier[obj.name]
+                continue
+            self._read_object(obj, format_of(obj.path.name))
             for entry in self._flush_if_full():
                 finished[entry["object"]] = entry
         for entry in self._flush():
             finished[entry["object"]] = entry
-        summary = self._summary(finished, skipped)
-        self.state.save(finished, summary)
-        return summary
+        return finished
 
-    def _summary(self, finished: dict[str, dict[str, Any]], skipped: list[dict[str, str]]) -> dict[str, Any]:
+    def summarize(self, finished: dict[str, dict[str, Any]], skipped: list[dict[str, str]]) -> dict[str, Any]:
         mine = [entry for entry in finished.values() if entry["run"] == self.state.run]
         totals = {name: sum(entry[name] for entry in mine) for name in COUNTS}
         return {
@@ -112,9 +138,11 @@ class Ingest:
     # Resume -------------------------------------------------------------------------------
 
     def _resume(self) -> None:
-        """Take back what an interrupted attempt of this run committed, and settle its last batch."""
-        for batch in self.state.committed_batches():
+        """Take back what earlier attempts of this run committed (in any group's journal: a re-run
+        may group the objects differently), and settle this task's interrupted batch."""
+        for batch in self.state.run_batches():
             self._remember(batch)
+        self.next_seq = max((batch["seq"] + 1 for batch in self.state.committed_batches()), default=0)
         pending = self.state.pending_batch()
         if pending:
             landed = {task.data[HASH_FIELD]: {"id": task.id, "source": task.data.get("labelloop_source")}
@@ -123,13 +151,13 @@ class Ingest:
                      pending["batch_id"], len(landed), len(pending["hashes"]))
             batch = self.state.commit_batch(pending["seq"], pending["batch_id"], landed)
             self._remember(batch)
+            self.next_seq = max(self.next_seq, batch["seq"] + 1)
 
     def _remember(self, batch: dict[str, Any]) -> None:
         self.state.index.update(dict.fromkeys(batch["tasks"], self.state.run))
         self.committed_sources.update(task["source"] for task in batch["tasks"].values())
-        self.next_seq = max(self.next_seq, batch["seq"] + 1)
 
-    def _reconcile_index(self) -> None:
+    def reconcile_index(self) -> None:
         """Trust the index only while it counts what Label Studio holds; else rebuild it from there."""
         in_labelstudio = self.hook.task_count(self.project_id)
         if in_labelstudio == len(self.state.index):

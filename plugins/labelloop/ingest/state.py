@@ -7,11 +7,15 @@ Layout under ``<storage_uri>/ingest/``::
     runs/<run>/objects/<obj>.json       an object finished by this run, with its counts
     runs/<run>/batches/<n>.json         a batch committed to Label Studio (hash -> task id, source)
     runs/<run>/pending.json             the batch in flight: settled on resume
+    runs/<run>/plan.json                a fanned-out run's groups of objects (see ``groups``)
+    runs/<run>/groups/<g>/...           group g's own journal (batches/, pending.json) and its
+                                        summary.json (the entries of the objects it finished)
     runs/<run>/summary.json             the run's counts
     quarantine/<run>/<obj>.jsonl        records that were refused, with their reasons
 
 The per-run files make a killed run resumable without re-reading what it finished; the
-manifest and index are rewritten once at the end of each run. Reading and writing them is
+manifest and index are rewritten once at the end of each run (by the one task that reduces a
+fanned-out run's groups, so mapped tasks finishing in any order never race on them). Reading and writing them is
 ``labelloop.state``'s: a broken file is a ``StateError`` saying what to do, here per file.
 """
 
@@ -41,6 +45,7 @@ class SourceObject:
     path: ObjectStoragePath
     fingerprint: str
     modified: datetime
+    size: int = 0
 
     @property
     def name(self) -> str:
@@ -77,16 +82,19 @@ def list_objects(folder: ObjectStoragePath) -> Iterator[SourceObject]:
         modified = _modified(info)
         fingerprint = f"etag:{etag}" if etag else f"size:{info.get('size')}:mtime:{modified.timestamp()}"
         full = folder / path.removeprefix(folder.path.rstrip("/")).lstrip("/")
-        yield SourceObject(full, fingerprint, modified)
+        yield SourceObject(full, fingerprint, modified, int(info.get("size") or 0))
 
 
 class IngestState:
     """Manifest, hash index and the per-run journal of one project."""
 
-    def __init__(self, storage_root: ObjectStoragePath, run_id: str) -> None:
+    def __init__(self, storage_root: ObjectStoragePath, run_id: str, group: int | None = None) -> None:
         self.root = storage_root / "ingest"
         self.run = run_key(run_id)
         self.run_dir = self.root / "runs" / self.run
+        self.group = group
+        #: Where this task journals its batches: the run's folder, or its group's in a fanned-out run.
+        self.journal = self.run_dir if group is None else self.group_dir(group)
         self.manifest: dict[str, dict[str, Any]] = read_json(self.root / "manifest.json", {}, expect=dict,
                                                              remedy=MANIFEST_REMEDY)
         self.index: dict[str, str] = read_json(self.root / "index.json.gz", {}, expect=dict, remedy=INDEX_REMEDY)
@@ -108,39 +116,62 @@ class IngestState:
         write_json(self.run_dir / "objects" / f"{obj.key}.json", entry)
         return entry
 
+    def group_dir(self, group: int) -> ObjectStoragePath:
+        return self.run_dir / "groups" / f"{group:04d}"
+
     def quarantine_path(self, obj: SourceObject) -> ObjectStoragePath:
         return self.root / "quarantine" / self.run / f"{obj.key}.jsonl"
 
     # Batches ------------------------------------------------------------------------------
 
-    def committed_batches(self) -> list[dict[str, Any]]:
-        batches = (self._journal(path) for path in json_files(self.run_dir / "batches"))
+    def committed_batches(self, journal: ObjectStoragePath | None = None) -> list[dict[str, Any]]:
+        """The batches committed in ``journal`` (default: this task's own journal)."""
+        batches = (self._journal(path) for path in json_files((journal or self.journal) / "batches"))
         return sorted((batch for batch in batches if batch), key=lambda batch: batch["seq"])
 
+    def run_batches(self) -> list[dict[str, Any]]:
+        """Every batch this run committed, in the run's journal and in each group's."""
+        groups = self.run_dir / "groups"
+        journals = [self.run_dir, *(sorted(groups.iterdir(), key=lambda path: path.name) if groups.exists() else [])]
+        return [batch for journal in journals for batch in self.committed_batches(journal)]
+
     def pending_batch(self) -> dict[str, Any] | None:
-        return self._journal(self.run_dir / "pending.json")
+        return self._journal(self.journal / "pending.json")
 
     @staticmethod
     def _journal(path: ObjectStoragePath) -> dict[str, Any] | None:
         return read_json(path, None, expect=dict, remedy=JOURNAL_REMEDY)
 
     def begin_batch(self, seq: int, hashes: list[str]) -> str:
-        batch_id = f"{self.run}:{seq}"
-        write_json(self.run_dir / "pending.json", {"seq": seq, "batch_id": batch_id, "hashes": hashes})
+        batch_id = f"{self.run}:{seq}" if self.group is None else f"{self.run}:g{self.group}:{seq}"
+        write_json(self.journal / "pending.json", {"seq": seq, "batch_id": batch_id, "hashes": hashes})
         return batch_id
 
     def commit_batch(self, seq: int, batch_id: str, tasks: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """Record a landed batch: content hash -> {task id, source object#line}."""
         batch = {"seq": seq, "batch_id": batch_id, "tasks": tasks}
-        write_json(self.run_dir / "batches" / f"{seq:08d}.json", batch)
-        (self.run_dir / "pending.json").unlink(missing_ok=True)
+        write_json(self.journal / "batches" / f"{seq:08d}.json", batch)
+        (self.journal / "pending.json").unlink(missing_ok=True)
         return batch
 
     # End of run ---------------------------------------------------------------------------
 
+    def save_index(self) -> None:
+        write_json(self.root / "index.json.gz", self.index)
+
+    def save_group(self, finished: dict[str, dict[str, Any]]) -> None:
+        """A group's receipt: the entries of its objects, merged into the manifest by the reduce."""
+        entries = sorted(finished.values(), key=lambda entry: entry["object"])
+        write_json(self.journal / "summary.json", {"group": self.group, "objects": entries})
+
+    def group_entries(self, group: int) -> list[dict[str, Any]] | None:
+        """Group ``group``'s object entries, or None when it has not finished."""
+        receipt = self._journal(self.group_dir(group) / "summary.json")
+        return None if receipt is None else receipt["objects"]
+
     def save(self, finished: dict[str, dict[str, Any]], summary: dict[str, Any]) -> None:
         """Publish the run: index first, then manifest, then the summary (the run's receipt)."""
-        write_json(self.root / "index.json.gz", self.index)
+        self.save_index()
         for entry in finished.values():
             self.manifest[entry["object"]] = {"fingerprint": entry["fingerprint"], "run": entry["run"]}
         write_json(self.root / "manifest.json", self.manifest)
