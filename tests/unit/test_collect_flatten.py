@@ -169,3 +169,33 @@ def test_prediction_an_annotation_started_from(project) -> None:
     assert annotation_rows(tasks, ["label"])[1]["prediction_model_version"] is None
     annotation["parent_prediction"] = 1
     assert annotation_rows(tasks, ["label"])[1]["prediction_model_version"] == "m1"
+
+
+def test_merge_replaces_the_rows_of_changed_tasks_and_drops_deleted_annotations(project) -> None:
+    from labelloop.collect.merge import differing_tasks, merge, ordered
+    from labelloop.collect.table import to_frame
+
+    def frame(tasks: list[dict]):
+        return ordered(to_frame(to_table(annotation_rows(tasks, ["label"]), ANNOTATIONS_SCHEMA)))
+
+    changed = copy.deepcopy(project)
+    changed[0]["annotations"] = changed[0]["annotations"][:1]  # two annotations of task 1 deleted
+    merged = merge(frame(project), frame([changed[0]]), {changed[0]["id"]})
+    assert differing_tasks(frame(changed), merged) == []
+    assert differing_tasks(frame(project), merged) == [1]
+
+
+def test_stale_ranges_find_a_deleted_task_by_bisection_with_few_count_queries() -> None:
+    from labelloop.collect.merge import Totals, stale_ranges
+
+    ours, gone, asked = list(range(1, 10_001)), 4_321, []
+
+    def count(ids):
+        return lambda low, high: Totals(sum(low <= i <= high for i in ids), 0, 0)
+
+    def theirs(low: int, high: int) -> Totals:
+        asked.append((low, high))
+        return count([i for i in ours if i != gone])(low, high)
+
+    [(low, high)] = stale_ranges(ours, count(ours), theirs, leaf=16)
+    assert low <= gone <= high and high - low < 32 and len(asked) < 2 * 14

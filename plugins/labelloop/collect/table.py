@@ -5,6 +5,8 @@ Layout under ``<storage_uri>/collect/``::
     snapshots/<run>/annotations.parquet         one row per annotation and control (main project)
     snapshots/<run>/tasks.parquet               one row per task, with its data as JSON
     snapshots/<run>/review_annotations.parquet  the review project's answers (same columns)
+    snapshots/<run>/review_tasks.parquet        the review project's tasks (what incremental collect
+                                                checks the review project against)
     snapshots/<run>/manifest.json               written last: a folder with it is complete
     latest.json                                 {"snapshot": "snapshots/<run>", ...}
 
@@ -71,6 +73,11 @@ def write_parquet(path: ObjectStoragePath, table: pa.Table) -> None:
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     write_atomically(path, buffer.getvalue())
+
+
+def from_frame(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    """A frame read by ``to_frame`` (or merged from such frames) back as a table of exactly ``schema``."""
+    return pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
 
 
 def to_frame(table: pa.Table) -> pd.DataFrame:
@@ -190,6 +197,25 @@ def latest_snapshot(root: ObjectStoragePath) -> ObjectStoragePath | None:
         raise StateError(path, f"points to {uri_of(folder)}, which has no manifest.json (an unfinished snapshot)",
                          "re-run the collect DAG to write a complete snapshot")
     return folder
+
+
+def previous_snapshot(root: ObjectStoragePath, run: str, run_after: str) -> tuple[str, dict[str, Any]] | None:
+    """(run, manifest) of the complete snapshot an incremental collect of ``run`` builds on: the latest
+    one of an earlier run. The pointer answers in one read; a re-run, or a broken or lost pointer,
+    falls back to the manifests of every snapshot."""
+    try:
+        pointer = read_latest(root)
+    except StateError:
+        pointer = None
+    if pointer and pointer["run"] != run and str(pointer.get("run_after", "")) <= run_after:
+        manifest = read_json(snapshot_folder(root, pointer["run"]) / "manifest.json", None, expect=dict)
+        if manifest is not None:
+            return pointer["run"], manifest
+    earlier = {name: manifest for name, manifest in snapshot_manifests(root).items()
+               if name != run and str(manifest.get("run_after", "")) <= run_after}
+    if not earlier:
+        return None
+    return max(earlier.items(), key=lambda item: str(item[1].get("run_after", "")))
 
 
 def read_snapshot(folder: ObjectStoragePath) -> dict[str, pd.DataFrame]:

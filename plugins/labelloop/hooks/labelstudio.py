@@ -134,6 +134,34 @@ def data_filter(field: str, value: str) -> str:
     return json.dumps({"filters": {"conjunction": "and", "items": [item]}})
 
 
+def updated_after_filter(moment: str) -> dict[str, Any]:
+    """Data Manager filters for tasks whose ``updated_at`` is after ``moment`` (``%Y-%m-%dT%H:%M:%S.%fZ``).
+    Label Studio stamps a task's ``updated_at`` whenever one of its annotations is created, changed or
+    deleted (``Annotation.save``/``delete`` save the task; the bulk delete action updates it too)."""
+    item = {"filter": "filter:tasks:updated_at", "operator": "greater", "type": "Datetime", "value": moment}
+    return {"conjunction": "and", "items": [item]}
+
+
+def id_ranges_filter(ranges: list[tuple[int, int]]) -> dict[str, Any]:
+    """Data Manager filters for tasks whose id is in any of these inclusive ranges."""
+    items = [{"filter": "filter:tasks:id", "operator": "in", "type": "Number", "value": {"min": low, "max": high}}
+             for low, high in ranges]
+    return {"conjunction": "or", "items": items}
+
+
+def base_url_of(conn: Any, conn_id: str) -> str:
+    """Label Studio's URL from a ``labelstudio`` connection (host with scheme; http:// if none)."""
+    if not conn.host or not conn.password:
+        raise LabelStudioError(
+            f"connection {conn_id!r} needs host (the Label Studio URL, e.g. "
+            f"http://label-studio:8080) and password (an API token)"
+        )
+    base_url = conn.host if "://" in conn.host else f"http://{conn.host}"
+    if conn.port:
+        base_url = f"{base_url.rstrip('/')}:{conn.port}"
+    return base_url.rstrip("/")
+
+
 class LabelStudioHook(BaseHook):
     """Wraps ``label_studio_sdk.LabelStudio``; the client is built on first use, never at parse time."""
 
@@ -156,14 +184,10 @@ class LabelStudioHook(BaseHook):
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return {
-            "hidden_fields": ["schema", "port", "login", "extra"],
-            "relabeling": {"host": "Label Studio URL", "password": "API token"},
-            "placeholders": {
-                "host": "http://label-studio:8080",
-                "password": "personal access token (JWT) or legacy token",
-            },
-        }
+        """The connection form's layout; declared once in ``labelloop.provider``."""
+        from labelloop.provider import ui_field_behaviour
+
+        return ui_field_behaviour()
 
     @cached_property
     def client(self) -> LabelStudio:
@@ -173,21 +197,18 @@ class LabelStudioHook(BaseHook):
         from label_studio_sdk import LabelStudio
 
         conn = self.get_connection(self.labelstudio_conn_id)
-        if not conn.host or not conn.password:
-            raise LabelStudioError(
-                f"connection {self.labelstudio_conn_id!r} needs host (the Label Studio URL, e.g. "
-                f"http://label-studio:8080) and password (an API token)"
-            )
-        base_url = conn.host if "://" in conn.host else f"http://{conn.host}"
-        if conn.port:
-            base_url = f"{base_url.rstrip('/')}:{conn.port}"
-        base_url = base_url.rstrip("/")
+        base_url = base_url_of(conn, self.labelstudio_conn_id)
         transport = NamedTransport(base_url, self.labelstudio_conn_id, self.max_retries)
         # No `timeout=` for the SDK: it would override the connect timeout of every request.
         http = httpx.Client(transport=transport, follow_redirects=True,
                             timeout=httpx.Timeout(self.timeout, connect=CONNECT_TIMEOUT))
         return LabelStudio(base_url=base_url, api_key=conn.password, max_retries=self.max_retries,
                            httpx_client=http)
+
+    def project_url(self, project_id: int) -> str:
+        """Where people open the project (its Data Manager), for operator links and logs."""
+        base_url = base_url_of(self.get_connection(self.labelstudio_conn_id), self.labelstudio_conn_id)
+        return f"{base_url}/projects/{project_id}/data"
 
     def test_connection(self) -> tuple[bool, str]:
         try:
@@ -361,11 +382,15 @@ class LabelStudioHook(BaseHook):
         "include_annotation_history": False,
     }
 
-    def create_export(self, project_id: int, title: str) -> int:
-        """Start an export snapshot (never the synchronous export, which times out on big projects)."""
-        export = self.client.projects.exports.create(
-            project_id, title=title, serialization_options=self.EXPORT_OPTIONS)
-        return int(export.id)
+    def create_export(self, project_id: int, title: str, view_id: int | None = None) -> int:
+        """Start an export snapshot (never the synchronous export, which times out on big projects),
+        of the tasks a Data Manager view selects when ``view_id`` is given."""
+        return int(self._start_export(project_id, title, view_id).id)
+
+    def _start_export(self, project_id: int, title: str, view_id: int | None) -> Any:
+        filters = {} if view_id is None else {"task_filter_options": {"view": view_id}}
+        return self.client.projects.exports.create(
+            project_id, title=title, serialization_options=self.EXPORT_OPTIONS, **filters)
 
     def wait_export(self, project_id: int, export_id: int, timeout: float = 1800.0, poll: float = 1.0) -> None:
         """Poll until the snapshot is completed; a failed or overdue snapshot raises."""
@@ -389,15 +414,44 @@ class LabelStudioHook(BaseHook):
 
     def export_snapshot(self, project_id: int, title: str) -> list[dict[str, Any]]:
         """Create, wait for and download one snapshot, then delete it (our copy is the record)."""
-        export_id = self.create_export(project_id, title)
+        return self.export_selected(project_id, title)[1]
+
+    def export_selected(self, project_id: int, title: str,
+                        filters: dict[str, Any] | None = None) -> tuple[str, list[dict[str, Any]]]:
+        """(when the server started it, ISO 8601; its tasks) of one export snapshot, then deleted.
+
+        With Data Manager ``filters`` only the tasks they select are exported, through a view made
+        for this export and deleted after it: the same serializer as a full export, so the rows
+        are the same, at a cost that follows the number of selected tasks. The start time is the
+        server's clock, so a watermark taken from it does not depend on the worker's.
+        """
+        view_id = None if filters is None else int(self.client.views.create(
+            project=project_id, data={"title": title, "filters": filters}).id)
         try:
-            self.wait_export(project_id, export_id)
-            return self.download_export(project_id, export_id)
-        finally:
+            export = self._start_export(project_id, title, view_id)
+            export_id = int(export.id)
             try:
-                self.client.projects.exports.delete(project_id, export_id)
-            except Exception as error:  # a leftover snapshot file costs disk, not correctness
-                self.log.warning("could not delete export %s of project %s: %s", export_id, project_id, error)
+                self.wait_export(project_id, export_id)
+                return export.created_at.isoformat(), self.download_export(project_id, export_id)
+            finally:
+                self._delete_quietly("export", lambda: self.client.projects.exports.delete(project_id, export_id))
+        finally:
+            if view_id is not None:
+                self._delete_quietly("view", lambda: self.client.views.delete(id=view_id))
+
+    def _delete_quietly(self, what: str, delete: Any) -> None:
+        try:
+            delete()
+        except Exception as error:  # a leftover export file or view costs space, not correctness
+            self.log.warning("could not delete the collect %s: %s", what, error)
+
+    def task_totals(self, project_id: int, filters: dict[str, Any]) -> tuple[int, int, int]:
+        """(tasks, annotations not cancelled, predictions) of the tasks these filters select: the
+        totals of a one-task page of the task list, counted by the database, so cheap at any size."""
+        page = self.client.tasks.list(project=project_id, query=json.dumps({"filters": filters}),
+                                      fields="task_only", page_size=1)
+        answer = page.response
+        return int(answer.total or 0), int(answer.total_annotations or 0), int(answer.total_predictions or 0)
 
     def find_user(self, email: str) -> Any | None:
         """The user with this e-mail (case-insensitive, as Label Studio compares them)."""
