@@ -28,7 +28,7 @@ from labelloop.spec import load_spec
 from labelloop.stack import free_port
 
 from tests.integration.test_backend import wait_until
-from tests.unit.test_models_per_type import ITEMS, SETS_XML, SPANS_XML, TYPES, set_rows, span_rows
+from tests.unit.test_models_per_type import ITEMS, SETS_XML, SPANS_XML, TYPES, set_rows
 
 pytestmark = pytest.mark.integration
 TOKEN = "models-per-type-token-0123456789"
@@ -41,12 +41,15 @@ def items() -> list[dict[str, Any]]:
 
 
 def write_audit(store: Path, train: list[dict[str, Any]], gold: list[dict[str, Any]]) -> None:
-    """A passed audit's consensus (the training spans) and the snapshot's tasks (gold carried
-    as the task meta keeps it: JSON text of [start, end, label] rows)."""
-    rows = span_rows(train)
-    ids = {item_id: index + 1 for index, item_id in enumerate(rows["item_id"].unique())}
-    consensus = rows.drop(columns="text").assign(task_id=rows["item_id"].map(ids), confidence=0.95,
-                                                source="consensus")
+    """A passed audit's consensus as the audit DAG writes it (one row per item: the training
+    spans as Label Studio results, JSON text) and the snapshot's tasks (gold carried as the task
+    meta keeps it: JSON text of [start, end, label] rows)."""
+    consensus = pd.DataFrame({
+        "task_id": range(1, len(train) + 1), "item_id": [item["id"] for item in train], "label": None,
+        "result": [json.dumps([{"from_name": "label", "to_name": "text", "type": "labels",
+                                "value": {"start": s, "end": e, "labels": [label]}} for s, e, label in item["gold"]])
+                   for item in train],
+        "confidence": 0.95, "source": "consensus"})
     every = train + gold
     tasks = pd.DataFrame({
         "task_id": range(1, len(every) + 1), "item_id": [item["id"] for item in every],

@@ -220,8 +220,9 @@ def test_a_spans_spec_may_name_a_model(make_spec: Any, tmp_path: Path) -> None:
 
 
 def test_training_sets_keep_or_drop_a_span_item_whole(make_spec: Any, tmp_path: Path) -> None:
-    """An item trains only when every consensus span of it is trusted: dropping one doubtful
-    span would teach the model that nothing is there."""
+    """An item trains only when its consensus is trusted, all its spans or none: dropping one
+    doubtful span would teach the model that nothing is there. The consensus is as the audit
+    writes it: one row per item, its spans as Label Studio results (JSON text)."""
     from labelloop.model.retrain import training_sets
 
     spec = load_spec(spans_spec(make_spec, tmp_path))
@@ -229,10 +230,14 @@ def test_training_sets_keep_or_drop_a_span_item_whole(make_spec: Any, tmp_path: 
     tasks = pd.DataFrame({"task_id": [1, 2, 3, 4], "item_id": ["a", "b", "c", "d"],
                           "data": [json.dumps({"text": t}) for t in texts.values()],
                           "gold_label": [None, None, None, json.dumps([[0, 5, "LOC"]])]})
+    def spans(*found: tuple[int, int, str]) -> str:
+        return json.dumps([{"from_name": "label", "to_name": "text", "type": "labels",
+                            "value": {"start": s, "end": e, "labels": [label]}} for s, e, label in found])
+
     consensus = pd.DataFrame({
-        "task_id": [1, 1, 2, 2, 3], "item_id": ["a", "a", "b", "b", "c"],
-        "start": [0, 20, 0, 7, None], "end": [14, 34, 4, 12, None], "label": ["PER", "PER", "PER", "LOC", None],
-        "confidence": [0.95, 0.9, 0.95, 0.4, 0.99], "source": ["consensus"] * 5})
+        "task_id": [1, 2, 3], "item_id": ["a", "b", "c"], "label": [None] * 3,
+        "result": [spans((0, 14, "PER"), (20, 34, "PER")), spans((0, 4, "PER"), (7, 12, "LOC")), spans()],
+        "confidence": [0.9, 0.4, 0.99], "source": ["consensus"] * 3})
     train, evaluation = training_sets(spec, consensus, tasks)
     train = train.astype(object).where(train.notna(), None)
     assert train.to_dict("records") == [
@@ -241,3 +246,23 @@ def test_training_sets_keep_or_drop_a_span_item_whole(make_spec: Any, tmp_path: 
         {"item_id": "c", "text": texts[3], "start": None, "end": None, "label": None}]
     assert evaluation[["item_id", "start", "end", "label"]].to_dict("records") == [
         {"item_id": "d", "start": 0, "end": 5, "label": "LOC"}]
+
+
+def test_training_sets_read_a_multilabel_consensus_as_the_audit_writes_it(make_spec: Any, tmp_path: Path) -> None:
+    """One row per label of the chosen set (the ``label`` column joins them with "|": not a label)."""
+    from labelloop.model.retrain import training_sets
+
+    config = tmp_path / "sets.xml"
+    config.write_text(SETS_XML)
+    spec = load_spec(make_spec(labeling_config=str(config), labels=TYPES, model={"name": "sets_model"}))
+    tasks = pd.DataFrame({"task_id": [1, 2], "item_id": ["a", "b"], "gold_label": [None, None],
+                          "data": [json.dumps({"text": t}) for t in ("Rios ( Chile )", "no names")]})
+    chosen = [{"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": ["PER", "LOC"]}}]
+    consensus = pd.DataFrame({"task_id": [1, 2], "item_id": ["a", "b"], "label": ["LOC|PER", None],
+                              "result": [json.dumps(chosen), "[]"], "confidence": [0.9, 0.9],
+                              "source": ["consensus"] * 2})
+    train, _ = training_sets(spec, consensus, tasks)
+    assert train.astype(object).where(train.notna(), None).to_dict("records") == [
+        {"item_id": "a", "text": "Rios ( Chile )", "label": "PER"},
+        {"item_id": "a", "text": "Rios ( Chile )", "label": "LOC"},
+        {"item_id": "b", "text": "no names", "label": None}]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import astuple
 from pathlib import Path
 
 import pandas as pd
@@ -141,3 +142,132 @@ def test_cli_refuses_bad_input_before_calling_label_studio(capsys) -> None:
 def test_lead_time_is_reproducible_and_plausible() -> None:
     assert lead_time(3, 4) == lead_time(3, 4) != lead_time(4, 3)
     assert 0 < lead_time(3, 4) < 120
+
+
+# -- other kinds: drawn through the task type (TaskType.simulation_skill / simulate) -------------
+
+CONLL = Path(__file__).resolve().parents[1] / "data" / "conll-mturk-dev" / "items.jsonl"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def shipped_control(config: str):
+    from labelloop.tasktypes import read_controls
+
+    [control] = [t for t in read_controls((REPO / "include" / "labeling" / config).read_text()) if t.kind != "comment"]
+    return control
+
+
+def conll_items() -> list[dict]:
+    return [json.loads(line) for line in CONLL.read_text().splitlines()]
+
+
+def within(drawn: int, n: int, rate: float) -> bool:
+    """A drawn count is within 4 standard errors of ``rate`` of ``n`` draws."""
+    return abs(drawn / n - rate) <= 4 * (rate * (1 - rate) / n) ** 0.5 + 1e-9
+
+
+def test_single_choice_through_its_task_type_draws_what_simulate_labels_draws() -> None:
+    """label_queue now goes through the task type: the recorded single-choice figures must not move."""
+    from labelloop.simulate import simulate_results
+    from labelloop.tasktypes import read_controls
+
+    [control] = read_controls('<View><Text name="text" value="$text"/><Choices name="label" toName="text">'
+                              '<Choice value="a"/><Choice value="b"/><Choice value="c"/></Choices></View>')
+    truth = {i: LABELS[i % 3] for i in range(8)}
+    annotators = [(1, 0.9), (2, 0.6), (3, 0.75)]
+    results = simulate_results(control, {i: [{"label": label}] for i, label in truth.items()},
+                               dict.fromkeys(truth, {}), annotators, 2, seed=5)
+    assert [(task, user, result[0]["value"]["choices"][0]) for task, user, result in results] == simulate_labels(
+        truth, annotators, 2, LABELS, seed=5)
+
+
+def test_multilabel_answers_miss_and_add_labels_at_the_configured_rates() -> None:
+    from labelloop.simulate import simulate_results
+
+    control = shipped_control("conll_entity_types.xml")
+    items = conll_items()
+    truth = {i: [{"label": label} for label in sorted({s[2] for s in item["gold"]})] or [{"label": None}]
+             for i, item in enumerate(items)}
+    skills = {1: {"miss": {"PER": 0.1, "ORG": 0.3, "LOC": 0.05, "MISC": 0.5}, "false_positive": 0.08},
+              2: 0.9}
+    answers = simulate_results(control, truth, dict.fromkeys(truth, {}), list(skills.items()), 2, seed=4)
+    assert len(answers) == 2 * len(items)
+    for user, skill in skills.items():
+        expected = control.simulation_skill(skill)
+        for label in control.control.labels:
+            mine = [(task, {c for r in result for c in r["value"]["choices"]})
+                    for task, u, result in answers if u == user]
+            present = [label in chosen for task, chosen in mine if {"label": label} in truth[task]]
+            absent = [label in chosen for task, chosen in mine if {"label": label} not in truth[task]]
+            assert within(present.count(False), len(present), expected.miss[label]), (user, label, "miss")
+            assert within(absent.count(True), len(absent), expected.false_positive[label]), (user, label, "false +")
+    assert all(result == [] or result[0]["type"] == "choices" for _, _, result in answers)
+
+
+def test_span_answers_follow_the_configured_miss_false_shift_and_confusion_rates() -> None:
+    from labelloop.simulate import simulate_results, words
+
+    control = shipped_control("conll_ner.xml")
+    # every span can move an edge: the text has a word outside it or the span has two words
+    items = [item for item in conll_items() if len(words(item["text"])) >= 2]
+    truth = {i: [{"start": s, "end": e, "label": label} for s, e, label in item["gold"]]
+             or [{"start": None, "end": None, "label": None}] for i, item in enumerate(items)}
+    data = {i: {"text": item["text"]} for i, item in enumerate(items)}
+    skill = {"miss": 0.2, "false_span": 0.15, "boundary_shift": 0.1, "confusion": 0.25}
+    answers = simulate_results(control, truth, data, [(7, skill)], 1, seed=9)
+
+    n_true = kept = shifted = unshifted = confused = items_with_room = false_items = 0
+    for task, _, result in answers:
+        text, gold = items[task]["text"], {(s, e): label for s, e, label in items[task]["gold"]}
+        spans = [(r["value"]["start"], r["value"]["end"], r["value"]["labels"][0]) for r in result]
+        assert all(text[r["value"]["start"]:r["value"]["end"]] == r["value"]["text"] for r in result)
+        false = [s for s in spans if not any(s[0] < e and b < s[1] for b, e in gold)]
+        from_truth = [s for s in spans if s not in false]
+        n_true, kept = n_true + len(gold), kept + len(from_truth)
+        items_with_room += any(not any(a < e and b < z for b, e in gold) for a, z in words(text))
+        false_items += len(false)
+        assert len(false) <= 1
+        for start, end, label in from_truth:
+            if (start, end) in gold:
+                unshifted += 1
+                confused += label != gold[start, end]
+            else:
+                shifted += 1
+    assert within(n_true - kept, n_true, skill["miss"])
+    assert within(shifted, kept, skill["boundary_shift"])
+    assert within(confused, unshifted, skill["confusion"])
+    assert within(false_items, items_with_room, skill["false_span"])
+
+
+def test_a_perfect_span_annotator_gives_the_truth_and_an_accuracy_sets_every_rate() -> None:
+    from labelloop.simulate import SpanSkill, simulate_results
+
+    control = shipped_control("conll_ner.xml")
+    item = conll_items()[0]
+    truth = [{"start": s, "end": e, "label": label} for s, e, label in item["gold"]]
+    [(_, _, result)] = simulate_results(control, {1: truth}, {1: {"text": item["text"]}}, [(1, 1.0)], 1)
+    assert [(r["value"]["start"], r["value"]["end"], r["value"]["labels"][0]) for r in result] == [
+        tuple(span) for span in item["gold"]]
+    assert astuple(SpanSkill.of(0.8)) == pytest.approx((0.2, 0.2, 0.1, 0.1))  # miss, false span, shift, confusion
+
+
+@pytest.mark.parametrize(("config", "skill", "message"), [
+    ("conll_ner.xml", {"miss": 0.1, "typo": 0.2}, r"unknown \['typo'\]"),
+    ("conll_ner.xml", {"miss": 1.5}, "miss must be a probability"),
+    ("conll_ner.xml", [0.1], "a spans skill is an accuracy or an object"),
+    ("conll_entity_types.xml", {"miss": {"PERSON": 0.1}}, r"labels \['PERSON'\]"),
+    ("conll_entity_types.xml", {"false_positive": -0.1}, "false_positive must be a probability"),
+    ("conll_entity_types.xml", 2.0, "an accuracy must be a probability"),
+    ("conll_entity_types.xml", {"miss": 0.1, "confusion": 0.2}, r"unknown \['confusion'\]"),
+])
+def test_refuses_a_broken_skill_of_another_kind(config, skill, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        shipped_control(config).simulation_skill(skill)
+
+
+@pytest.mark.parametrize("project", ["conll_ner", "conll_entity_types"])
+def test_cli_checks_a_skill_of_the_projects_kind_before_calling_label_studio(project, tmp_path, capsys) -> None:
+    skill = tmp_path / "skill.json"
+    skill.write_text(json.dumps({"miss": 0.1, "sometimes": 0.5}))
+    assert main(["--project", project, "--skills", "0.9", str(skill)]) == 2
+    assert "unknown ['sometimes']" in capsys.readouterr().err

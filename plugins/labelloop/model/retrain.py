@@ -54,8 +54,22 @@ def training_sets(spec: ProjectSpec, consensus: pd.DataFrame, tasks: pd.DataFram
         (consensus["source"] == "consensus") & (consensus["confidence"] >= spec.quality.min_consensus_confidence))
     trusted = trusted.groupby(consensus["task_id"]).transform("all")
     labeled = consensus[trusted & ~consensus["task_id"].isin(gold["task_id"])]
-    train = labeled.merge(tasks[["task_id", "text"]], on="task_id")[["item_id", "text", *columns]]
+    train = consensus_rows(spec, labeled.merge(tasks[["task_id", "text", "data"]], on="task_id"))
     return train.dropna(subset=["text"]).reset_index(drop=True), evaluation.dropna(subset=["text"])
+
+
+def consensus_rows(spec: ProjectSpec, consensus: pd.DataFrame) -> pd.DataFrame:
+    """The audit's consensus (one row per item: Label Studio results as JSON text, and the choices
+    label) as tidy rows (item_id, text, answer columns), read by the task type."""
+    task_type = task_type_of(spec)
+    columns = list(task_type.columns)
+    results = consensus["result"] if "result" in consensus else [None] * len(consensus)
+    rows = []
+    for item, text, result, label, data in zip(consensus["item_id"], consensus["text"], results,
+                                               consensus["label"], consensus["data"]):
+        answer = task_type.consensus_rows(result, label, json.loads(data), f"consensus of item {item!r} (result)")
+        rows += [{"item_id": item, "text": text, **row} for row in answer]
+    return pd.DataFrame(rows, columns=["item_id", "text", *columns])
 
 
 def gold_rows(spec: ProjectSpec, gold: pd.DataFrame) -> pd.DataFrame:

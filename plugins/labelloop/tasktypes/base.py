@@ -129,6 +129,15 @@ class TaskType:
                           spot_check_among=spot_check_among, low_confidence_threshold=low_confidence_threshold,
                           run_id=run_id, data=data)
 
+    def consensus_rows(self, result: str | None, label: str | None, data: dict[str, Any],
+                       where: str) -> list[dict[str, Any]]:
+        """One item's final answer as the audit writes it (``consensus.parquet``: the Label Studio
+        results as JSON text, and ``label`` for a choices control) back as tidy rows; what retraining
+        learns from. ``where`` names the item in errors."""
+        import json
+
+        return self.answer_rows(json.loads(result) if result else [], data, where)
+
     def spot_check(self, answers: pd.DataFrame, fraction: float, seed: int,
                    among: Collection[Any] | None = None) -> list[Any]:
         """Items for a spot check, stratified by (annotator, label)."""
@@ -162,6 +171,19 @@ class TaskType:
     def loop_report_sections(self, metrics: dict[str, Any], history: Sequence[dict[str, Any]] = ()) -> list[str]:
         """The report's sections of this control; ``history`` (earlier audits) where the type plots it."""
         return self.report_sections(metrics)
+
+    # -- simulated annotators (labelloop.simulate) -------------------------------------------
+    def simulation_skill(self, skill: Any) -> Any:
+        """A simulated annotator's skill for this kind, as a person wrote it (an accuracy, or a JSON
+        object of the kind), checked and ready for ``simulate``; ``ValueError`` says what is accepted."""
+        raise ValueError(f"{self.control.describe()} ({self.kind}): labelloop has no simulated annotators for "
+                         f"this kind of control")
+
+    def simulate(self, truth: list[dict[str, Any]], skill: Any, rng: Any, data: dict[str, Any]) -> list[dict[str, Any]]:
+        """One simulated annotator's Label Studio results for an item whose true answer is ``truth``
+        (tidy rows, as ``known_answer`` gives them; ``data``: the task data), drawn with ``rng``
+        (a ``random.Random``) and a skill from ``simulation_skill``."""
+        raise NotImplementedError(f"{self.control.describe()} has no simulated annotators")
 
     # -- shared helpers -------------------------------------------------------------------
     def _result(self, result_type: str, value: dict[str, Any]) -> dict[str, Any]:

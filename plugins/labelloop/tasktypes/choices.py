@@ -60,6 +60,23 @@ class SingleChoice(TaskType):
     def known_text(self, rows: list[dict[str, Any]]) -> str:
         return str(rows[0]["label"])  # the plain label, as the task meta always kept it
 
+    def consensus_rows(self, result: str | None, label: str | None, data: dict[str, Any],
+                       where: str) -> list[dict[str, Any]]:
+        """The ``label`` column, as retraining always read it (no label: the item has no answer)."""
+        return [{"label": label}] if isinstance(label, str) else []
+
+    def simulation_skill(self, skill: Any) -> Any:
+        """An accuracy or a confusion matrix ``{true label: {answer: probability}}``."""
+        from labelloop.simulate import check_skill
+
+        check_skill(skill, self.control.labels)
+        return skill
+
+    def simulate(self, truth: list[dict[str, Any]], skill: Any, rng: Any, data: dict[str, Any]) -> list[dict[str, Any]]:
+        from labelloop.simulate import draw_answer
+
+        return [self._result("choices", {"choices": [draw_answer(rng, skill, truth[0]["label"], self.control.labels)]})]
+
     def loop_audit(self, answers: pd.DataFrame, gold: pd.DataFrame | None, adjudicated: pd.DataFrame | None,
                    *, method: str = "dawid-skene", seed: int = 0, spot_check_fraction: float = 0.05,
                    spot_check_among: Collection[Any] | None = None, low_confidence_threshold: float = 0.7,

@@ -89,6 +89,19 @@ class MultipleChoice(TaskType):
                              f"(of {list(self.control.labels)}; [] for none), got {chosen!r:.80}")
         return self.answer_rows([{"value": {"choices": chosen}}], data, where)
 
+    def simulation_skill(self, skill: Any) -> Any:
+        """An accuracy, or per-label miss and false-positive rates (``simulate.LabelSetSkill``)."""
+        from labelloop.simulate import LabelSetSkill
+
+        return LabelSetSkill.of(skill, self.control.labels)
+
+    def simulate(self, truth: list[dict[str, Any]], skill: Any, rng: Any, data: dict[str, Any]) -> list[dict[str, Any]]:
+        from labelloop.simulate import draw_label_set
+
+        chosen = draw_label_set(rng, skill, {row["label"] for row in truth if row["label"] is not None},
+                                self.control.labels)
+        return [self._result("choices", {"choices": chosen})] if chosen else []
+
     def gate_checks(self, metrics: dict[str, Any], quality: Any) -> list[dict[str, Any]]:
         from .loop import below, check, ratio
 

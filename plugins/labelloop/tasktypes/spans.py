@@ -140,6 +140,20 @@ class Spans(TaskType):
                                            for row in answers.itertuples()])
         return review_predictions(self, answers)
 
+    def simulation_skill(self, skill: Any) -> Any:
+        """An accuracy, or miss, false-span, boundary-shift and confusion rates (``simulate.SpanSkill``)."""
+        from labelloop.simulate import SpanSkill
+
+        return SpanSkill.of(skill)
+
+    def simulate(self, truth: list[dict[str, Any]], skill: Any, rng: Any, data: dict[str, Any]) -> list[dict[str, Any]]:
+        from labelloop.simulate import draw_spans
+
+        text = data[self.control.object_field]
+        spans = sorted((int(row["start"]), int(row["end"]), row["label"]) for row in truth if row["label"] is not None)
+        return [self._result("labels", {"start": start, "end": end, "text": text[start:end], "labels": [label]})
+                for start, end, label in draw_spans(rng, skill, spans, text, self.control.labels)]
+
     def gate_checks(self, metrics: dict[str, Any], quality: Any) -> list[dict[str, Any]]:
         from .loop import below, check, ratio
 
