@@ -35,7 +35,7 @@ def test_a_corrupt_manifest_fails_ingest_at_once_naming_the_file(run_dag, labels
 
     run = run_dag(path, "ingest")
     assert run.state == "failed"
-    assert task_states(run)["ingest"] == ("failed", 1)  # no retry: try 1 of 4 was the last
+    assert task_states(run)["list_groups"] == ("failed", 1)  # no retry: try 1 of 4 was the last
     out = capfd.readouterr()
     assert f"state file file://{manifest} is not UTF-8 text" in out.out + out.err
 
