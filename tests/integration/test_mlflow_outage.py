@@ -117,7 +117,7 @@ def test_mlflow_outage(run_dag, labelstudio_hook, own_mlflow, make_spec, tmp_pat
     write_raw(tmp_path / "raw", "round2.jsonl", lines[400:460])
     ingest = run_dag(path, "ingest")
     assert ingest.state == "success"
-    summary = returned(ingest, "ingest")
+    summary = returned(ingest, "reduce_summaries")
     assert summary["prelabels"].startswith("NONE, left to the next refresh") and url in summary["prelabels"]
     round2 = tasks_from(labelstudio_hook, project.id, "round2.jsonl")
     assert len(round2) == summary["imported"] > 50 and not any(t.predictions for t in round2)
