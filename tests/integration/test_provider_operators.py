@@ -93,8 +93,10 @@ def test_operators_in_a_users_dag(airflow_db, labelstudio, labelstudio_hook, mak
         @task
         def people_annotate(summary: dict[str, Any]) -> int:
             """Stands in for the annotators (real Label Studio users, real annotations)."""
-            return simulate.label_queue(hook, spec, summary["project_id"], 2 * PER_LABEL, (1.0, 0.95, 0.9),
+            made = simulate.label_queue(hook, spec, summary["project_id"], 2 * PER_LABEL, (1.0, 0.95, 0.9),
                                         prefix=spec.name.replace("_", "-"))
+            assert made > 0, f"the annotators found no task with a known label in {summary}"  # else the wait waits
+            return made
 
         wait = WaitForAnnotationsOperator(
             task_id="wait_for_annotations",

@@ -7,6 +7,8 @@ journal and snapshots in the spec's ``storage_uri``. Example DAG: docs/provider.
 
 from __future__ import annotations
 
+import time
+
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -128,7 +130,8 @@ class WaitForAnnotationsOperator(BaseOperator):
             trigger=LabelStudioAnnotationsTrigger(
                 project_id=project_id, min_annotated=self.min_annotated, min_share=self.min_share,
                 count=self.count, poll_interval=self.poll_interval,
-                labelstudio_conn_id=self.labelstudio_conn_id),
+                labelstudio_conn_id=self.labelstudio_conn_id,
+                deadline=None if self.wait_timeout is None else time.time() + self.wait_timeout.total_seconds()),
             method_name="execute_complete",
             timeout=self.wait_timeout,
         )

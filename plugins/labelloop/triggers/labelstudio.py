@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -38,14 +39,17 @@ class LabelStudioAnnotationsTrigger(BaseTrigger):
     """Fires once the project has ``min_annotated`` counted tasks and/or ``min_share`` of its tasks.
 
     Yields ``{"status": "success", **progress}``, or ``{"status": "error", "message": ...}`` when
-    the connection is missing or Label Studio refuses for good (no project, bad token). Network
-    failures and 5xx answers are logged and polled through.
+    the connection is missing, Label Studio refuses for good (no project, bad token), or
+    ``deadline`` (epoch seconds) passes: the trigger ends its own wait, so it is bounded even
+    where nothing enforces the task's timeout (``dag.test()`` runs triggers inline without one).
+    Network failures and 5xx answers are logged and polled through.
     """
 
     def __init__(self, project_id: int, min_annotated: int | None = None, min_share: float | None = None,
                  count: str = "annotated", poll_interval: float = 60.0,
-                 labelstudio_conn_id: str = settings.LABELSTUDIO_CONN_ID) -> None:
+                 labelstudio_conn_id: str = settings.LABELSTUDIO_CONN_ID, deadline: float | None = None) -> None:
         super().__init__()
+        self.deadline = deadline
         self.project_id = project_id
         self.min_annotated = min_annotated
         self.min_share = min_share
@@ -57,7 +61,7 @@ class LabelStudioAnnotationsTrigger(BaseTrigger):
         return (f"{type(self).__module__}.{type(self).__qualname__}", {
             "project_id": self.project_id, "min_annotated": self.min_annotated, "min_share": self.min_share,
             "count": self.count, "poll_interval": self.poll_interval,
-            "labelstudio_conn_id": self.labelstudio_conn_id,
+            "labelstudio_conn_id": self.labelstudio_conn_id, "deadline": self.deadline,
         })
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -100,4 +104,9 @@ class LabelStudioAnnotationsTrigger(BaseTrigger):
                         return
                     self.log.info("project %s: %s of %s tasks %s, waiting for %s", self.project_id,
                                   state["counted"], state["tasks"], self.count, state["target"])
+                    if self.deadline is not None and time.time() >= self.deadline:
+                        yield TriggerEvent({"status": "error", "message": (
+                            f"{where}: {state['counted']} of {state['tasks']} tasks {self.count} when the wait "
+                            f"timed out; it waited for {state['target']}")})
+                        return
                 await asyncio.sleep(self.poll_interval)
