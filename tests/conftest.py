@@ -147,9 +147,10 @@ def mlflow_server(session_dir: Path) -> Iterator[Any]:
     server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def production_stack(session_dir: Path) -> Iterator[Any]:
-    """The production profile (labelloop.production), started once; its databases dropped at the end.
+    """The production profile (labelloop.production), started once for its test module and stopped
+    after it (its eleven processes hold ~4 GB the other tests need); its databases dropped.
 
     Where Postgres or Redis is missing this fails, never skips: the StackError says how to start them.
     """
@@ -161,11 +162,22 @@ def production_stack(session_dir: Path) -> Iterator[Any]:
     for value in profile.secrets.values():  # generated passwords, keys, tokens: the session scan looks for them
         secret(value)
     profile.require_services()
+    forget_object_stores()
     try:
         yield profile.start()
     finally:
         profile.stop()
         profile.drop()
+        forget_object_stores()
+
+
+def forget_object_stores() -> None:
+    """Airflow caches one filesystem per (scheme, connection id) for the whole process; the
+    production tests point ``aws_default`` at another S3 server, so its cached store must not
+    outlive them (later tests would read and write the wrong server)."""
+    from airflow.sdk.io import store
+
+    store._STORE_CACHE.clear()
 
 
 # --- no secret in any log (tests/secret_scan.py) --------------------------------------------

@@ -101,7 +101,7 @@ def test_operators_in_a_users_dag(airflow_db, labelstudio, labelstudio_hook, mak
         wait = WaitForAnnotationsOperator(
             task_id="wait_for_annotations",
             project_id="{{ ti.xcom_pull(task_ids='to_labelstudio')['project_id'] }}",
-            min_share=1.0, count="finished", poll_interval=1, wait_timeout=timedelta(minutes=3))
+            min_share=0.8, count="annotated", poll_interval=1, wait_timeout=timedelta(minutes=2))
         export = LabelStudioExportOperator(task_id="export", spec_path=str(path))
         audit = AuditOperator(task_id="audit", spec_path=str(path), fail_on_gate=False)
 
@@ -129,9 +129,10 @@ def test_operators_in_a_users_dag(airflow_db, labelstudio, labelstudio_hook, mak
     root = storage_path(spec.storage_uri, "aws_default")
     assert (root / "ingest" / "manifest.json").exists()
 
-    # The deferred wait fired on every task being finished.
+    # The deferred wait fired once 80% of the tasks had answers.
     waited = xcom(run, "wait_for_annotations")
-    assert (waited["counted"], waited["tasks"], waited["count"]) == (2 * PER_LABEL, 2 * PER_LABEL, "finished")
+    assert (waited["tasks"], waited["count"], waited["target"]) == (2 * PER_LABEL, "annotated", 7)
+    assert waited["counted"] >= waited["target"]
 
     # Export: this run's snapshot is the latest, with every answer.
     folder = latest_snapshot(root)
