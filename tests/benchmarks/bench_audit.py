@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from peak_memory import peak_rss_mib, reset_peak_rss
+from measure import peak_rss_mib, report_targets, reset_peak_rss
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "plugins"))
@@ -234,10 +234,7 @@ def main() -> int:
         (f"Dawid-Skene no slower than crowd-kit: {dawid_skene:.1f}x", dawid_skene >= 1),
         (f"peak RSS under 4 GiB: largest {peak:.0f} MiB", peak < 4096),
     ]
-    print()
-    for text, met in checks:
-        print(f"- {'met' if met else 'MISSED'}: {text}")
-    return 0 if all(met for _, met in checks) else 1
+    return report_targets(checks)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "plugins"))
 
-from peak_memory import peak_rss_mib, reset_peak_rss  # noqa: E402
+from measure import peak_rss_mib, report_targets, reset_peak_rss  # noqa: E402
 from labelloop.quality.spans import (  # noqa: E402
     SpanDawidSkene,
     TokenMajorityVote,
@@ -184,10 +184,7 @@ def main() -> int:
     checks = [(f"agreement + gold scoring + SpanDawidSkene in {total:.1f} s wall, "
                f"{total_cpu:.1f} s CPU (< 30 s)", total < 30),
               (f"peak RSS {top:.0f} MiB (< 4096 MiB)", top < 4096)]  # fmt: skip
-    print()
-    for text, met in checks:
-        print(f"- {'met' if met else 'MISSED'}: {text}")
-    return 0 if all(met for _, met in checks) else 1
+    return report_targets(checks)
 
 
 if __name__ == "__main__":

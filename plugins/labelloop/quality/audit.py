@@ -136,20 +136,20 @@ def run_audit(
             "raters_per_item": {"min": int(raters.min()), "max": int(raters.max())},
         },
         "agreement": {
-            "krippendorff_alpha_nominal": _number(krippendorff_alpha(labels, "nominal")),
-            "fleiss_kappa": _number(fleiss),
-            "pairwise_kappa_mean": _number(pairs["kappa"].mean()),
-            "pairwise_kappa_median": _number(pairs["kappa"].median()),
+            "krippendorff_alpha_nominal": json_number(krippendorff_alpha(labels, "nominal")),
+            "fleiss_kappa": json_number(fleiss),
+            "pairwise_kappa_mean": json_number(pairs["kappa"].mean()),
+            "pairwise_kappa_median": json_number(pairs["kappa"].median()),
             "n_pairs": len(pairs),
         },
         "consensus": {
-            "mean_confidence": _number(raw["confidence"].mean()),
+            "mean_confidence": json_number(raw["confidence"].mean()),
             "n_iter": getattr(model, "n_iter_", None),
             "sources": {source: int(sources.get(source, 0)) for source in SOURCES},
         },
         "gold": None if gold_labels is None else _gold_metrics(raw, gold_labels, enc.labels),
-        "annotators": _records(annotators),
-        "pairwise_kappa": _records(pairs),
+        "annotators": json_records(annotators),
+        "pairwise_kappa": json_records(pairs),
         "review": {
             "spot_check": _plain(list(
                 spot_check_sample(labels, spot_check_fraction, seed, among=spot_check_among))),
@@ -168,13 +168,13 @@ def _gold_metrics(raw: pd.DataFrame, gold: pd.Series, label_order: pd.Index) -> 
     )
     return {
         "n_items": len(scored),
-        "consensus_accuracy": _number((scored["gold"] == scored[LABEL]).mean()),
+        "consensus_accuracy": json_number((scored["gold"] == scored[LABEL]).mean()),
         "confusion": {"labels": _plain(list(label_order)),
                       "matrix": confusion.to_numpy().tolist()},  # rows gold, columns consensus
     }  # fmt: skip
 
 
-def _number(value: float) -> float | None:
+def json_number(value: float) -> float | None:
     """JSON has no NaN: an undefined metric is null."""
     return None if math.isnan(value) else float(value)
 
@@ -184,7 +184,7 @@ def _plain(values: list[Any]) -> list[Any]:
     return [value.item() if isinstance(value, np.generic) else value for value in values]
 
 
-def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+def json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     columns = {column: _plain(frame[column].tolist()) for column in frame.columns}
     rows = zip(*columns.values())
     return [

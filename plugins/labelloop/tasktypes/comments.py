@@ -46,11 +46,11 @@ class Comment(TaskType):
               data: Mapping[str, dict[str, Any]] | None = None) -> ControlAudit:
         import pandas as pd
 
-        from labelloop.quality.audit import _records
+        from labelloop.quality.audit import json_records
 
         listed = answers.sort_values(["item_id", "annotator_id"], kind="stable")
         metrics = {"counts": {"comments": len(listed), "items": int(listed["item_id"].nunique())},
-                   "comments": _records(listed[["item_id", "annotator_id", "text"]])}
+                   "comments": json_records(listed[["item_id", "annotator_id", "text"]])}
         empty = pd.DataFrame(columns=["item_id", "text"])
         return ControlAudit(self.control, empty, pd.Series(dtype=float), metrics)
 

@@ -40,7 +40,7 @@ class MultipleChoice(TaskType):
         import pandas as pd
 
         from labelloop.quality import multilabel as ml
-        from labelloop.quality.audit import _number, _records
+        from labelloop.quality.audit import json_number, json_records
 
         labels = list(self.control.labels)
         n_sets = 2 ** len(labels)
@@ -54,21 +54,21 @@ class MultipleChoice(TaskType):
             "method": type(model).__name__,
             "counts": {"answers": int(per_item["n_answers"].sum()), "items": len(per_item),
                        "annotators": int(answers["annotator_id"].nunique()), "labels": labels},
-            "agreement": {"jaccard_mean": _number(per_item["jaccard"].mean()),
-                          "exact_match_rate": _number(per_item["exact_match"].mean()),
-                          "kappa_mean": _number(per_label["kappa_mean"].mean()),
-                          "krippendorff_alpha_mean": _number(per_label["krippendorff_alpha"].mean())},
-            "labels": _records(per_label.rename_axis("label").reset_index()),
-            "consensus": {"mean_confidence": _number(confidence.mean())},
+            "agreement": {"jaccard_mean": json_number(per_item["jaccard"].mean()),
+                          "exact_match_rate": json_number(per_item["exact_match"].mean()),
+                          "kappa_mean": json_number(per_label["kappa_mean"].mean()),
+                          "krippendorff_alpha_mean": json_number(per_label["krippendorff_alpha"].mean())},
+            "labels": json_records(per_label.rename_axis("label").reset_index()),
+            "consensus": {"mean_confidence": json_number(confidence.mean())},
             "gold": None,
             "annotators": [],
         }
         if gold is not None:
             scores = ml.score_sets(consensus, gold, labels)
             metrics["gold"] = {"n_items": int(scores.pop("n_items")),
-                               **{key: _number(float(value)) for key, value in scores.items()}}
-            metrics["annotators"] = _records(ml.gold_scores(answers, gold, labels))
-            metrics["annotator_labels"] = _records(ml.label_scores(answers, gold, labels))
+                               **{key: json_number(float(value)) for key, value in scores.items()}}
+            metrics["annotators"] = json_records(ml.gold_scores(answers, gold, labels))
+            metrics["annotator_labels"] = json_records(ml.label_scores(answers, gold, labels))
             # Answered gold items keep their gold set.
             gold_items = pd.Index(gold["item_id"].unique()).intersection(confidence.index)
             gold = gold[gold["item_id"].isin(gold_items)]

@@ -61,7 +61,7 @@ class Rectangles(TaskType):
         import pandas as pd
 
         from labelloop.quality import boxes as bx
-        from labelloop.quality.audit import _number, _records
+        from labelloop.quality.audit import json_number, json_records
 
         sizes = answers.groupby("item_id")[list(SIZE_COLUMNS)].first()
         answers = answers.drop(columns=list(SIZE_COLUMNS))
@@ -79,19 +79,19 @@ class Rectangles(TaskType):
             "counts": {"answers": int(answers.groupby(["item_id", "annotator_id"]).ngroups),
                        "boxes": int(answers["x"].notna().sum()), "items": int(answers["item_id"].nunique()),
                        "annotators": int(answers["annotator_id"].nunique()), "labels": list(self.control.labels)},
-            "agreement": {key: _number(float(value)) for key, value in overall.items()},
-            "labels": _records(summary.drop(index=bx.OVERALL).reset_index()),
-            "pairwise": _records(agreement.pairs_),
-            "consensus": {"mean_confidence": _number(confidence.mean()),
-                          "annotators": _records(model.annotators_.reset_index())},
+            "agreement": {key: json_number(float(value)) for key, value in overall.items()},
+            "labels": json_records(summary.drop(index=bx.OVERALL).reset_index()),
+            "pairwise": json_records(agreement.pairs_),
+            "consensus": {"mean_confidence": json_number(confidence.mean()),
+                          "annotators": json_records(model.annotators_.reset_index())},
             "gold": None,
             "annotators": [],
         }
         if gold is not None:
             scored = bx.box_gold_scores(consensus.assign(annotator_id="consensus"), gold)
-            metrics["gold"] = {key: _number(float(value)) if not isinstance(value, str) else value
+            metrics["gold"] = {key: json_number(float(value)) if not isinstance(value, str) else value
                                for key, value in scored.iloc[0].items() if key != "annotator_id"}
-            metrics["annotators"] = _records(bx.box_gold_scores(answers, gold))
+            metrics["annotators"] = json_records(bx.box_gold_scores(answers, gold))
             # Answered gold images keep their gold boxes.
             gold_items = pd.Index(gold["item_id"].unique()).intersection(confidence.index)
             consensus = pd.concat([consensus[~consensus["item_id"].isin(gold_items)],

@@ -66,7 +66,7 @@ class Spans(TaskType):
         import pandas as pd
 
         from labelloop.quality import spans as sp
-        from labelloop.quality.audit import _number, _records
+        from labelloop.quality.audit import json_number, json_records
 
         labels = list(self.control.labels)
         texts = _texts(data or {}, self.control.object_field)
@@ -79,22 +79,22 @@ class Spans(TaskType):
             "counts": {"answers": int(answers.groupby(["item_id", "annotator_id"]).ngroups),
                        "spans": int(answers["label"].notna().sum()), "items": int(answers["item_id"].nunique()),
                        "annotators": int(answers["annotator_id"].nunique()), "labels": labels},
-            "agreement": {key: _number(float(value)) for key, value in sp.span_agreement(pairs).items()},
-            "labels": _records(sp.pairwise_span_f1(answers, labels=labels, by_label=True)
+            "agreement": {key: json_number(float(value)) for key, value in sp.span_agreement(pairs).items()},
+            "labels": json_records(sp.pairwise_span_f1(answers, labels=labels, by_label=True)
                                .groupby("label")[["exact_f1", "partial_f1"]].mean().reset_index()),
-            "pairwise": _records(pairs),
-            "consensus": {"mean_confidence": _number(confidence.mean())},
+            "pairwise": json_records(pairs),
+            "consensus": {"mean_confidence": json_number(confidence.mean())},
             "gold": None,
             "annotators": [],
         }
         if gold is not None:
             scored = sp.gold_span_scores(consensus.assign(annotator_id="consensus"), gold, labels=labels)
             metrics["gold"] = {key: _plain(value) for key, value in scored.iloc[0].items() if key != "annotator_id"}
-            metrics["gold"]["labels"] = _records(sp.gold_span_scores(
+            metrics["gold"]["labels"] = json_records(sp.gold_span_scores(
                 consensus.assign(annotator_id="consensus"), gold, labels=labels, by_label=True)
                 .drop(columns="annotator_id"))
-            metrics["annotators"] = _records(sp.gold_span_scores(answers, gold, labels=labels))
-            metrics["annotator_labels"] = _records(sp.gold_span_scores(answers, gold, labels=labels, by_label=True))
+            metrics["annotators"] = json_records(sp.gold_span_scores(answers, gold, labels=labels))
+            metrics["annotator_labels"] = json_records(sp.gold_span_scores(answers, gold, labels=labels, by_label=True))
             # Answered gold items keep their gold spans.
             gold_items = pd.Index(gold["item_id"].unique()).intersection(confidence.index)
             consensus = pd.concat([consensus[~consensus["item_id"].isin(gold_items)],

@@ -1,4 +1,4 @@
-"""Peak resident memory of a benchmark case, for every bench_*.py script.
+"""What every bench_*.py script measures and reports: peak memory of a case, and its targets.
 
 Linux keeps a high-water mark of RSS per process; writing 5 to ``/proc/self/clear_refs``
 resets it (Linux >= 4.0), so the peak read after a case belongs to that case alone.
@@ -21,3 +21,11 @@ def reset_peak_rss() -> float:
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")
     return peak_rss_mib()
+
+
+def report_targets(checks: list[tuple[str, bool]]) -> int:
+    """Print each target as met or MISSED; the script's exit code is 1 if any was missed."""
+    print()
+    for text, met in checks:
+        print(f"- {'met' if met else 'MISSED'}: {text}")
+    return 0 if all(met for _, met in checks) else 1
