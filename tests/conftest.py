@@ -48,7 +48,7 @@ def airflow_db() -> None:
 def labelstudio(session_dir: Path) -> Iterator[Any]:
     """A real Label Studio server; the Airflow connection points at it."""
     from labelloop.settings import LABELSTUDIO_CONN_ID
-    from labelloop.stack import free_port, labelstudio_server
+    from labelloop.dev.stack import free_port, labelstudio_server
 
     server = labelstudio_server(session_dir / "stack", free_port(), token=TOKEN).start()
     os.environ[f"AIRFLOW_CONN_{LABELSTUDIO_CONN_ID.upper()}"] = json.dumps(
@@ -138,7 +138,7 @@ def make_spec(tmp_path: Path) -> Any:
 def mlflow_server(session_dir: Path) -> Iterator[Any]:
     """A real MLflow tracking + registry server; the Airflow connection and MLFLOW_TRACKING_URI point at it."""
     from labelloop.settings import MLFLOW_CONN_ID
-    from labelloop.stack import free_port, mlflow_server as make_mlflow_server
+    from labelloop.dev.stack import free_port, mlflow_server as make_mlflow_server
 
     server = make_mlflow_server(session_dir / "mlflow-stack", free_port()).start()
     os.environ[f"AIRFLOW_CONN_{MLFLOW_CONN_ID.upper()}"] = json.dumps({"conn_type": "http", "host": server.url})
@@ -149,12 +149,12 @@ def mlflow_server(session_dir: Path) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def production_stack(session_dir: Path) -> Iterator[Any]:
-    """The production profile (labelloop.production), started once for its test module and stopped
+    """The production profile (labelloop.dev.production), started once for its test module and stopped
     after it (its eleven processes hold ~4 GB the other tests need); its databases dropped.
 
     Where Postgres or Redis is missing this fails, never skips: the StackError says how to start them.
     """
-    from labelloop.production import ProductionProfile
+    from labelloop.dev.production import ProductionProfile
 
     projects = session_dir / "production-projects"
     projects.mkdir()

@@ -7,8 +7,8 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"audit": "labelloop.quality.cli", "stack": "labelloop.stack", "demo": "labelloop.demo",
-                "simulate": "labelloop.simulate"}
+    commands = {"audit": "labelloop.quality.cli", "stack": "labelloop.dev.stack", "demo": "labelloop.dev.demo",
+                "simulate": "labelloop.dev.simulate"}
     if not argv or argv[0] not in commands:
         print(f"usage: python -m labelloop {{{','.join(commands)}}} ...", file=sys.stderr)
         return 2

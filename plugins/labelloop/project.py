@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from labelloop import settings
+from labelloop.connections import url_of
 from labelloop.hooks.labelstudio import LabelStudioHook
-from labelloop.ingest.validate import PRIORITY_FIELD
 from labelloop.spec import ProjectSpec
+from labelloop.taskdata import PRIORITY_FIELD
 
 
 def project_settings(spec: ProjectSpec) -> dict[str, Any]:
@@ -45,7 +46,4 @@ def connect_backend(hook: LabelStudioHook, project_id: int, conn_id: str = setti
         conn = BaseHook.get_connection(conn_id)
     except AirflowNotFoundException:
         return None
-    url = conn.host if "://" in (conn.host or "") else f"http://{conn.host}"
-    if conn.port:
-        url = f"{url}:{conn.port}"
-    return hook.ensure_ml_backend(project_id, url, "labelloop champion", conn.login, conn.password)
+    return hook.ensure_ml_backend(project_id, url_of(conn), "labelloop champion", conn.login, conn.password)

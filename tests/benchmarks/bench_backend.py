@@ -3,7 +3,7 @@
     PYTHONPATH=plugins .venv/bin/python tests/benchmarks/bench_backend.py
     PYTHONPATH=plugins .venv/bin/python tests/benchmarks/bench_backend.py --requests 50 --batch-sizes 1,100,1000
 
-What runs: a real MLflow server (``labelloop.stack.mlflow_server``, SQLite, one worker) and
+What runs: a real MLflow server (``labelloop.dev.stack.mlflow_server``, SQLite, one worker) and
 the backend exactly as the stack runs it (``backend_server``: uvicorn, ONE worker, in a
 subprocess on a free port). The served champion is what the retrain DAG produces: the spec's
 model (by default word 1-2-gram + char 2-5-gram TF-IDF into a calibrated linear SVM) fitted on
@@ -38,9 +38,9 @@ import httpx
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "plugins"))
 
-from labelloop.serving.backend import backend_server  # noqa: E402
+from labelloop.dev.stack import backend_server  # noqa: E402
 from labelloop.spec import Model, load_spec  # noqa: E402
-from labelloop.stack import free_port, mlflow_server  # noqa: E402
+from labelloop.dev.stack import free_port, mlflow_server  # noqa: E402
 
 SMS = REPO / "include" / "demo" / "sms-spam" / "messages.jsonl"
 SPEC = REPO / "include" / "projects" / "sms_spam.yaml"

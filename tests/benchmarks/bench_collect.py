@@ -3,7 +3,7 @@
     .venv/bin/python tests/benchmarks/bench_collect.py                    # 10,000 and 100,000 tasks
     .venv/bin/python tests/benchmarks/bench_collect.py --sizes 2000       # a smoke run
 
-One Label Studio server (its own venv, SQLite, started by ``labelloop.stack``) serves the run. For
+One Label Studio server (its own venv, SQLite, started by ``labelloop.dev.stack``) serves the run. For
 each size N a fresh project gets N SMS tasks without annotations through ``projects.import_tasks``
 (batches of 10,000), then ``collect`` runs three times on file storage: the first is a full export
 (no snapshot yet, started once the safety overlap has passed since the import), then 100
@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--annotations", type=int, default=100)
     args = parser.parse_args()
-    from labelloop.stack import free_port, labelstudio_server
+    from labelloop.dev.stack import free_port, labelstudio_server
 
     with tempfile.TemporaryDirectory(prefix="bench-collect-") as tmp:
         folder = Path(tmp)

@@ -36,7 +36,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="labelloop-bench-priority-"))
     os.environ.setdefault("AIRFLOW_HOME", str(home / "airflow"))
 
-    from labelloop.stack import free_port, labelstudio_server
+    from labelloop.dev.stack import free_port, labelstudio_server
 
     server = labelstudio_server(home / "stack", free_port(), token=TOKEN).start()
     os.environ["AIRFLOW_CONN_LABELSTUDIO_DEFAULT"] = json.dumps(

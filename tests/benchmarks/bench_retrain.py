@@ -3,7 +3,7 @@
     PYTHONPATH=plugins .venv/bin/python tests/benchmarks/bench_retrain.py             # ~1 min
     PYTHONPATH=plugins .venv/bin/python tests/benchmarks/bench_retrain.py --rounds 2  # shorter
 
-The embedded stack's MLflow server (``labelloop.stack.mlflow_server``: SQLite backend, local
+The embedded stack's MLflow server (``labelloop.dev.stack.mlflow_server``: SQLite backend, local
 artifacts, one worker) runs on a free port in a temporary folder for the whole run and is
 stopped at the end.
 
@@ -94,7 +94,7 @@ def main() -> int:
     from labelloop.model.retrain import frame_digest
     from labelloop.model.train import fit
     from labelloop.spec import load_spec
-    from labelloop.stack import free_port, mlflow_server
+    from labelloop.dev.stack import free_port, mlflow_server
     imports = time.perf_counter() - import_started
 
     spec = load_spec(SPEC)

@@ -20,9 +20,9 @@ import httpx
 import pytest
 
 from labelloop.project import ensure_project
-from labelloop.serving.backend import backend_server
+from labelloop.dev.stack import backend_server
 from labelloop.spec import load_spec
-from labelloop.stack import free_port
+from labelloop.dev.stack import free_port
 
 from tests.unit.test_backend_app import HAM, SPAM, register_champion
 from tests.secret_scan import secret

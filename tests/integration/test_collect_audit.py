@@ -18,14 +18,16 @@ import pytest
 import yaml
 from airflow.sdk import BaseNotifier
 
-from labelloop import simulate
+from labelloop.dev import simulate
 from labelloop.audit.prepare import audit_labels
 from labelloop.audit.routing import review_title, select_for_review
 from labelloop.collect.snapshot import collect
 from labelloop.collect.table import ANNOTATIONS_SCHEMA, latest_snapshot, read_parquet, read_snapshot
 from labelloop.factory import quality_passed_asset, tasks_asset
-from labelloop.ingest.pipeline import Ingest, storage_path
-from labelloop.ingest.state import read_json, run_key
+from labelloop.ingest.pipeline import Ingest
+from labelloop.layout import storage_path
+from labelloop.layout import run_key
+from labelloop.state import read_json
 from labelloop.project import ensure_project
 from labelloop.spec import load_spec
 

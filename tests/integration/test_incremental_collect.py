@@ -18,7 +18,8 @@ from labelloop.collect import merge, snapshot
 from labelloop.collect.snapshot import CollectMismatch, collect
 from labelloop.collect.table import ANNOTATIONS_SCHEMA, latest_snapshot, read_parquet, read_snapshot, write_parquet
 from labelloop.collect.table import from_frame
-from labelloop.ingest.pipeline import Ingest, storage_path
+from labelloop.ingest.pipeline import Ingest
+from labelloop.layout import storage_path
 from labelloop.ingest.state import read_json
 from labelloop.project import ensure_project
 from labelloop.spec import load_spec

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from labelloop.ingest.pipeline import Ingest, storage_path
-from labelloop.ingest.validate import HASH_FIELD
+from labelloop.ingest.pipeline import Ingest
+
+from labelloop.layout import storage_path
+from labelloop.taskdata import HASH_FIELD
 from labelloop.project import ensure_project
 from labelloop.spec import load_spec
 
@@ -253,7 +255,7 @@ def test_fanned_out_run_imports_each_content_once_across_groups(
     task whether the groups run one after the other (DAG run) or at once (as two workers do),
     and a group retried after the reduce changes nothing."""
     from labelloop.ingest.job import finish_ingest, ingest_group, plan_ingest
-    from labelloop.ingest.state import run_key
+    from labelloop.layout import run_key
 
     raw = tmp_path / "raw"
     raw.mkdir()

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from labelloop.hooks.labelstudio import LabelStudioError, LabelStudioHook, data_filter
-from labelloop.stack import free_port
+from labelloop.dev.stack import free_port
 from tests.secret_scan import secret
 
 pytestmark = pytest.mark.integration

@@ -23,9 +23,9 @@ import pytest
 from mlflow import MlflowClient
 
 from labelloop.model.prelabel import CHAMPION
-from labelloop.serving.backend import backend_server
+from labelloop.dev.stack import backend_server
 from labelloop.spec import load_spec
-from labelloop.stack import free_port
+from labelloop.dev.stack import free_port
 
 from tests.integration.test_backend import wait_until
 from tests.unit.test_models_per_type import ITEMS, SETS_XML, SPANS_XML, TYPES, set_rows

@@ -16,10 +16,10 @@ import pytest
 from mlflow import MlflowClient
 
 from labelloop.model.prelabel import CHAMPION
-from labelloop.serving.backend import backend_server
-from labelloop.simulate import label_queue
+from labelloop.dev.stack import backend_server
+from labelloop.dev.simulate import label_queue
 from labelloop.spec import load_spec
-from labelloop.stack import free_port
+from labelloop.dev.stack import free_port
 
 from tests.integration.test_backend import served_version, wait_until
 from tests.secret_scan import secret
@@ -43,7 +43,7 @@ def assert_queue_head_follows(spec, unlabeled, model_version: str) -> None:
     """The head of the queue (by stored priority) is the champion's most uncertain tasks, apart
     from the random share; round 1 was imported without a model, so this was the refresh, and it
     wrote only the head."""
-    from labelloop.ingest.validate import HASH_FIELD, PRIORITY_FIELD
+    from labelloop.taskdata import HASH_FIELD, PRIORITY_FIELD
     from labelloop.ordering import in_random_share
 
     def uncertainty(task) -> float:  # generation 1: the first champion to order the queue

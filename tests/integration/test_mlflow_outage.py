@@ -22,12 +22,12 @@ from mlflow import MlflowClient
 
 from labelloop.audit.run import audit_latest
 from labelloop.factory import retrain_dag
-from labelloop.ingest.pipeline import storage_path
+from labelloop.layout import storage_path
 from labelloop.model.prelabel import CHAMPION, RegistryError
 from labelloop.settings import MLFLOW_CONN_ID
-from labelloop.simulate import label_queue
+from labelloop.dev.simulate import label_queue
 from labelloop.spec import load_spec
-from labelloop.stack import free_port, mlflow_server
+from labelloop.dev.stack import free_port, mlflow_server
 
 pytestmark = pytest.mark.integration
 SMS = Path(__file__).resolve().parents[2] / "include" / "demo" / "sms-spam" / "messages.jsonl"

@@ -18,10 +18,10 @@ from typing import Any
 import pendulum
 import pytest
 
-from labelloop import simulate
+from labelloop.dev import simulate
 from labelloop.collect.table import latest_snapshot, read_parquet, read_snapshot
-from labelloop.ingest.pipeline import storage_path
-from labelloop.ingest.state import run_key
+from labelloop.layout import storage_path
+from labelloop.layout import run_key
 from labelloop.operators import (
     AuditOperator,
     LabelStudioExportOperator,

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from labelloop import simulate
+from labelloop.dev import simulate
 from labelloop.audit.prepare import control_answers, task_data
 from labelloop.audit.routing import review_title, select_for_review
 from labelloop.collect.table import latest_snapshot, read_parquet, read_snapshot
-from labelloop.ingest.pipeline import storage_path
-from labelloop.ingest.state import read_json, run_key
+from labelloop.layout import storage_path
+from labelloop.layout import run_key
+from labelloop.state import read_json
 from labelloop.spec import load_spec
 
 pytestmark = pytest.mark.integration

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from labelloop import simulate
+from labelloop.dev import simulate
 from labelloop.model.prelabel import CHAMPION
 from labelloop.spec import load_spec
 

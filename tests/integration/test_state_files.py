@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from labelloop.ingest.pipeline import storage_path
+from labelloop.layout import storage_path
 from labelloop.project import ensure_project
 from labelloop.spec import load_spec
 from labelloop.state import StateError, read_json, write_json

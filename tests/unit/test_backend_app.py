@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 
 from labelloop.serving.backend import MODEL_CLASS, Settings, SettingsError, chunks_of_text, create_app
 from labelloop.spec import ProjectSpec, load_spec
-from labelloop.stack import free_port
+from labelloop.dev.stack import free_port
 from tests.secret_scan import secret
 
 TOKEN = secret("backend-test-token-0123456789")

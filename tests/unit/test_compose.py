@@ -449,7 +449,7 @@ def test_triggerer_and_worker_wait_for_the_execution_api(services):
 
 
 def production_profile(tmp_path: Path) -> Any:
-    from labelloop.production import ProductionProfile
+    from labelloop.dev.production import ProductionProfile
 
     profile = ProductionProfile.create(tmp_path)  # builds settings only: nothing is started
     profile.redis_db = 1
@@ -457,9 +457,9 @@ def production_profile(tmp_path: Path) -> Any:
 
 
 def test_production_profile_runs_composes_airflow_settings(compose, services, tmp_path):
-    """labelloop.production is this file's Airflow as local processes: the same keys, fixed values,
+    """labelloop.dev.production is this file's Airflow as local processes: the same keys, fixed values,
     URL schemes and connections; only its LOCAL_PROCESS_KEYS (ports, folders) are its own."""
-    from labelloop.production import LOCAL_PROCESS_KEYS
+    from labelloop.dev.production import LOCAL_PROCESS_KEYS
 
     ours = production_profile(tmp_path).airflow_env()
     theirs = env_of(compose["x-airflow-common"])

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from labelloop.quality.consensus import DawidSkene
-from labelloop.simulate import check_skill, lead_time, main, parse_skill, simulate_labels
+from labelloop.dev.simulate import check_skill, lead_time, main, parse_skill, simulate_labels
 
 SMS = Path(__file__).resolve().parents[2] / "include" / "demo" / "sms-spam" / "messages.jsonl"
 
@@ -168,7 +168,7 @@ def within(drawn: int, n: int, rate: float) -> bool:
 
 def test_single_choice_through_its_task_type_draws_what_simulate_labels_draws() -> None:
     """label_queue now goes through the task type: the recorded single-choice figures must not move."""
-    from labelloop.simulate import simulate_results
+    from labelloop.dev.simulate import simulate_results
     from labelloop.tasktypes import read_controls
 
     [control] = read_controls('<View><Text name="text" value="$text"/><Choices name="label" toName="text">'
@@ -182,7 +182,7 @@ def test_single_choice_through_its_task_type_draws_what_simulate_labels_draws() 
 
 
 def test_multilabel_answers_miss_and_add_labels_at_the_configured_rates() -> None:
-    from labelloop.simulate import simulate_results
+    from labelloop.dev.simulate import simulate_results
 
     control = shipped_control("conll_entity_types.xml")
     items = conll_items()
@@ -205,7 +205,7 @@ def test_multilabel_answers_miss_and_add_labels_at_the_configured_rates() -> Non
 
 
 def test_span_answers_follow_the_configured_miss_false_shift_and_confusion_rates() -> None:
-    from labelloop.simulate import simulate_results, words
+    from labelloop.dev.simulate import simulate_results, words
 
     control = shipped_control("conll_ner.xml")
     # every span can move an edge: the text has a word outside it or the span has two words
@@ -240,7 +240,7 @@ def test_span_answers_follow_the_configured_miss_false_shift_and_confusion_rates
 
 
 def test_a_perfect_span_annotator_gives_the_truth_and_an_accuracy_sets_every_rate() -> None:
-    from labelloop.simulate import SpanSkill, simulate_results
+    from labelloop.dev.simulate import SpanSkill, simulate_results
 
     control = shipped_control("conll_ner.xml")
     item = conll_items()[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from labelloop.stack import free_port, labelstudio_server, mlflow_server, state_folder
+from labelloop.dev.stack import free_port, labelstudio_server, mlflow_server, state_folder
 
 
 def mode(path: Path) -> int:

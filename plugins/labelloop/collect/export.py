@@ -15,10 +15,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from labelloop.ingest.validate import HASH_FIELD, ID_FIELD
-
-#: Task data field of a review task: the id of the task under review in the main project.
-SOURCE_TASK_FIELD = "labelloop_task_id"
+from labelloop.taskdata import HASH_FIELD, ID_FIELD, SOURCE_TASK_FIELD
 
 
 def answer(value: dict[str, Any]) -> str | None:

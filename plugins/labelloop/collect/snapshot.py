@@ -26,8 +26,8 @@ from labelloop.collect.table import (
     to_frame, to_table, write_snapshot,
 )  # fmt: skip
 from labelloop.hooks.labelstudio import LabelStudioHook, id_ranges_filter, updated_after_filter
-from labelloop.ingest.pipeline import storage_path
-from labelloop.ingest.state import run_key
+from labelloop.layout import Layout
+from labelloop.layout import run_key
 from labelloop.spec import ProjectSpec
 from labelloop.state import StateError
 
@@ -139,7 +139,7 @@ def collect(spec: ProjectSpec, hook: LabelStudioHook, run_id: str, run_after: st
     """Write the snapshot of run ``run_id`` (rewriting it on a re-run) and move the latest pointer.
     ``full`` asks for a reconciliation now, whatever ``collect.full_every`` says."""
     run = run_key(run_id)
-    root = storage_path(spec.storage_uri, spec.source.conn_id)
+    root = Layout.of(spec).root
     base = previous_snapshot(root, run, run_after)
     mode = _mode(spec, base, full)
     sides = {key: _collect_side(hook, spec, key, title, run, mode, base, root)

@@ -18,7 +18,8 @@ from datetime import datetime
 from typing import Any
 
 from labelloop.hooks.labelstudio import LabelStudioHook
-from labelloop.ingest.pipeline import Ingest, storage_path
+from labelloop.ingest.pipeline import Ingest
+from labelloop.layout import storage_path
 from labelloop.ingest.state import SourceObject
 from labelloop.state import StateError, read_json, write_json
 from labelloop.spec import ProjectSpec
@@ -100,7 +101,7 @@ def reduce_groups(spec: ProjectSpec, hook: LabelStudioHook, run_id: str) -> dict
         finished.update((entry["object"], dict(entry)) for entry in entries)
     batches = state.run_batches()
     losers = losing_copies(batches)
-    _delete_tasks(hook, sorted(losers))
+    hook.delete_tasks(sorted(losers))
     for source in losers.values():
         entry = finished.get(object_of(source))
         if entry is not None:  # its object is in this plan (a re-planned run may have moved it)
@@ -117,16 +118,4 @@ def reduce_groups(spec: ProjectSpec, hook: LabelStudioHook, run_id: str) -> dict
         log.info("ingest %s: %d tasks imported by two groups; kept the lowest id of each, deleted %s",
                  state.run, len(losers), sorted(losers))
     return summary
-
-
-def _delete_tasks(hook: LabelStudioHook, task_ids: list[int]) -> None:
-    """Delete these tasks; one already gone (an earlier attempt of the reduce) is fine."""
-    from label_studio_sdk.core.api_error import ApiError
-
-    for task_id in task_ids:
-        try:
-            hook.client.tasks.delete(id=task_id)
-        except ApiError as error:
-            if error.status_code != 404:
-                raise
 

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from labelloop import settings
+from labelloop.connections import url_of
 from labelloop.spec import ProjectSpec
 
 if TYPE_CHECKING:  # the backend imports this module: keep Airflow out of its start
@@ -80,9 +81,7 @@ def tracking_uri(conn_id: str = settings.MLFLOW_CONN_ID) -> str | None:
         conn = BaseHook.get_connection(conn_id)
     except AirflowNotFoundException:
         return None
-    host = conn.host or ""
-    uri = host if "://" in host else f"http://{host}"
-    return f"{uri.rstrip('/')}:{conn.port}" if conn.port else uri.rstrip("/")
+    return url_of(conn)
 
 
 def task_type_of(spec: ProjectSpec) -> TaskType:

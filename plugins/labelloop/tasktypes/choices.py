@@ -67,13 +67,13 @@ class SingleChoice(TaskType):
 
     def simulation_skill(self, skill: Any) -> Any:
         """An accuracy or a confusion matrix ``{true label: {answer: probability}}``."""
-        from labelloop.simulate import check_skill
+        from labelloop.dev.simulate import check_skill
 
         check_skill(skill, self.control.labels)
         return skill
 
     def simulate(self, truth: list[dict[str, Any]], skill: Any, rng: Any, data: dict[str, Any]) -> list[dict[str, Any]]:
-        from labelloop.simulate import draw_answer
+        from labelloop.dev.simulate import draw_answer
 
         return [self._result("choices", {"choices": [draw_answer(rng, skill, truth[0]["label"], self.control.labels)]})]
 

@@ -91,12 +91,12 @@ class MultipleChoice(TaskType):
 
     def simulation_skill(self, skill: Any) -> Any:
         """An accuracy, or per-label miss and false-positive rates (``simulate.LabelSetSkill``)."""
-        from labelloop.simulate import LabelSetSkill
+        from labelloop.dev.simulate import LabelSetSkill
 
         return LabelSetSkill.of(skill, self.control.labels)
 
     def simulate(self, truth: list[dict[str, Any]], skill: Any, rng: Any, data: dict[str, Any]) -> list[dict[str, Any]]:
-        from labelloop.simulate import draw_label_set
+        from labelloop.dev.simulate import draw_label_set
 
         chosen = draw_label_set(rng, skill, {row["label"] for row in truth if row["label"] is not None},
                                 self.control.labels)

@@ -142,12 +142,12 @@ class Spans(TaskType):
 
     def simulation_skill(self, skill: Any) -> Any:
         """An accuracy, or miss, false-span, boundary-shift and confusion rates (``simulate.SpanSkill``)."""
-        from labelloop.simulate import SpanSkill
+        from labelloop.dev.simulate import SpanSkill
 
         return SpanSkill.of(skill)
 
     def simulate(self, truth: list[dict[str, Any]], skill: Any, rng: Any, data: dict[str, Any]) -> list[dict[str, Any]]:
-        from labelloop.simulate import draw_spans
+        from labelloop.dev.simulate import draw_spans
 
         text = data[self.control.object_field]
         spans = sorted((int(row["start"]), int(row["end"]), row["label"]) for row in truth if row["label"] is not None)

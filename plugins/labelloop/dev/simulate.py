@@ -283,7 +283,7 @@ def label_queue(hook: LabelStudioHook, spec: ProjectSpec, project_id: int, count
     highest priority (the project's "most uncertain first" view), truth from ``meta.label``
     (the spec's ``source.label_field``, read by the task type); tasks without a known answer
     are left to people."""
-    from labelloop.ingest.validate import PRIORITY_FIELD
+    from labelloop.taskdata import PRIORITY_FIELD
 
     task_type = spec.task_type
     users = ensure_annotators(hook, len(skills), prefix=prefix)
@@ -353,7 +353,7 @@ def main(argv: list[str]) -> int:
         return 2
     conn_var = f"AIRFLOW_CONN_{settings.LABELSTUDIO_CONN_ID.upper()}"
     if conn_var not in os.environ:
-        from labelloop.stack import StackConfig
+        from labelloop.dev.stack import StackConfig
 
         config = StackConfig()
         os.environ[conn_var] = json.dumps(config.connections()[settings.LABELSTUDIO_CONN_ID])

@@ -330,8 +330,6 @@ class StackConfig:
         }
 
     def servers(self) -> list[Server]:
-        from labelloop.serving.backend import backend_server
-
         return [
             labelstudio_server(self.state_dir, self.labelstudio_port, self.token),
             mlflow_server(self.state_dir, self.mlflow_port),
@@ -369,10 +367,10 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m labelloop stack")
     parser.add_argument("action", choices=["up", "down", "status", "reset"])
     parser.add_argument("--profile", choices=["embedded", "production"], default="embedded",
-                        help="production: docker-compose's stack as local processes (labelloop.production)")
+                        help="production: docker-compose's stack as local processes (labelloop.dev.production)")
     args = parser.parse_args(argv)
     if args.profile == "production":
-        from labelloop import production
+        from labelloop.dev import production
 
         return production.main([args.action])
     config = StackConfig()
@@ -391,3 +389,27 @@ def main(argv: list[str]) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def backend_server(state_dir: Path, port: int, project: str, token: str, tracking_uri: str, *,
+                   projects_dir: Path | None = None, poll_seconds: float | None = None) -> Server:
+    """The backend as a stack server (uvicorn, one worker); healthy when /health answers."""
+    from labelloop.serving import backend
+
+    plugins = str(settings.REPO_ROOT / "plugins")
+    env = {
+        backend.TOKEN_ENV: token,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "PYTHONPATH": os.pathsep.join(filter(None, [plugins, os.environ.get("PYTHONPATH")])),
+        # MLflow retries, timeouts, progress bar: labelloop.settings.MLFLOW_CLIENT_ENV, applied by
+        # labelloop.model.prelabel at import (a registry call fails in seconds; the poller retries).
+    }
+    if "AIRFLOW_HOME" not in os.environ:  # labelloop imports airflow.sdk, which writes a logs folder
+        env["AIRFLOW_HOME"] = str(state_dir / "airflow")
+    if projects_dir is not None:
+        env[settings.PROJECTS_DIR_ENV] = str(projects_dir)
+    if poll_seconds is not None:
+        env[backend.POLL_ENV] = str(poll_seconds)
+    command = [sys.executable, "-m", "labelloop.serving.backend", "--project", project,
+               "--host", "127.0.0.1", "--port", str(port)]
+    return Server("backend", command, port, "/health", state_dir, env, start_timeout=120)

@@ -18,7 +18,7 @@ import httpx
 
 from labelloop import settings
 from labelloop.spec import ProjectSpec
-from labelloop.stack import DEFAULT_ADMIN, DEFAULT_PASSWORD, StackConfig, StackError, airflow_env, up
+from labelloop.dev.stack import DEFAULT_ADMIN, DEFAULT_PASSWORD, StackConfig, StackError, airflow_env, up
 
 DEMO_DATA = settings.INCLUDE_DIR / "demo" / "sms-spam" / "messages.jsonl"
 
@@ -132,7 +132,7 @@ ACCURACIES = [0.75, 0.8, 0.85, 0.9, 0.95]
 
 def drop_round(source_uri: str, name: str, lines: list[str]) -> str:
     """Put one round's raw messages in the spec's raw folder (once: the same object is not new again)."""
-    from labelloop.ingest.pipeline import storage_path
+    from labelloop.layout import storage_path
 
     target = storage_path(source_uri, None) / name
     if not target.exists():
@@ -167,17 +167,17 @@ def held_out_quality(spec: ProjectSpec, uri: str) -> dict[str, Any] | None:
 
 
 def latest_report(spec: ProjectSpec) -> str:
-    from labelloop.ingest.pipeline import storage_path
+    from labelloop.layout import Layout
     from labelloop.state import read_json
 
-    root = storage_path(spec.storage_uri, spec.source.conn_id) / "audit"
+    root = Layout.of(spec).audit
     latest = read_json(root / "latest.json", None)
     return str(root / latest["audit"] / "report.html") if latest else "none (no audit ran)"
 
 
 def run_loop(config: StackConfig, spec: ProjectSpec, airflow: Airflow) -> None:
     from labelloop.hooks.labelstudio import LabelStudioHook
-    from labelloop.simulate import label_queue
+    from labelloop.dev.simulate import label_queue
 
     prefix = spec.dag_prefix
     # Setup first: an unpaused ingest schedules a run at once. Then everything is unpaused, so each
@@ -215,7 +215,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m labelloop demo", description=__doc__)
     parser.add_argument("--project", default="sms_spam", help="spec name under include/projects/")
     parser.add_argument("--profile", choices=["embedded", "production"], default="embedded",
-                        help="production: on labelloop.production's stack (Postgres, Celery workers, S3)")
+                        help="production: on labelloop.dev.production's stack (Postgres, Celery workers, S3)")
     args = parser.parse_args(argv)
     config = StackConfig()
     airflow_url, airflow_login = f"http://127.0.0.1:{config.airflow_port}", "all local users are admins"
@@ -224,7 +224,7 @@ def main(argv: list[str]) -> int:
 
     try:
         if args.profile == "production":
-            from labelloop.production import ProductionProfile
+            from labelloop.dev.production import ProductionProfile
 
             profile = ProductionProfile.load_or_create(config.state_dir / "production")
             profile.start(report=lambda line: print(line, flush=True))

@@ -31,8 +31,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from labelloop import settings
-from labelloop.stack import (
-    Server, StackError, airflow_env, airflow_process, free_port, labelstudio_server, mlflow_server,
+from labelloop.dev.stack import (
+    Server, StackError, airflow_env, airflow_process, backend_server, free_port, labelstudio_server, mlflow_server,
     state_folder, tail,
 )
 
@@ -227,8 +227,6 @@ class ProductionProfile:
                              f"s3://{BUCKET}/mlflow", self.s3_env)
 
     def backend_server(self) -> Server:
-        from labelloop.serving.backend import backend_server
-
         server = backend_server(self.state_dir, self.ports["backend"], self.project, self.secrets["backend_token"],
                                 self.url("mlflow"), projects_dir=self.backend_projects_dir)
         server.env["LABELLOOP_STORE"] = f"s3://{BUCKET}"
@@ -416,7 +414,7 @@ class ProductionProfile:
         """A REST client logged in as the admin (Simple auth manager: POST /auth/token)."""
         import httpx
 
-        from labelloop.demo import Airflow
+        from labelloop.dev.demo import Airflow
 
         response = httpx.post(f"{self.airflow_url}/auth/token", timeout=30, json={
             "username": AIRFLOW_ADMIN, "password": self.secrets["airflow_admin_password"]})
