@@ -810,6 +810,10 @@ _SHAPE_RULES = ((r"[A-Z]", "X"), (r"[a-z]", "x"), (r"[0-9]", "d"), (r"(.)\1+", r
 _TEXT_FOLDS = 2
 #: Stop refitting the text model once no candidate's prior moves by more than this.
 _TEXT_TOL = 0.01
+#: The text model of a fold learns from at most about this many candidates (whole items, every
+#: k-th): beyond it the prior barely changes, and its cost would grow with the project; every
+#: candidate still gets its prior from the model.
+_TEXT_FIT_MAX = 150_000
 
 
 def _shapes(words: pd.Series) -> pd.Series:
@@ -936,6 +940,9 @@ def _text_log_prior(features: sparse.csr_matrix, probas: np.ndarray, cand_item: 
     log_prior = np.empty_like(probas)
     for k in range(_TEXT_FOLDS):
         train, test = fold != k, fold == k
+        stride = -(-int(train.sum()) // _TEXT_FIT_MAX)  # ceil: 1 unless the fold is large
+        if stride > 1:
+            train &= (cand_item // _TEXT_FOLDS) % stride == 0
         weights[k] = _fit_softmax(features[train], probas[train], penalty, weights[k])
         scores = features[test] @ weights[k]
         log_prior[test] = scores - logsumexp(scores, axis=1, keepdims=True)
