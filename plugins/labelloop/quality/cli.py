@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
                         "with JSON lines, it says each control's task type")
     parser.add_argument("--method", choices=list(METHODS), default="dawid-skene")
     parser.add_argument("--seed", type=int, default=0, help="seed of the spot-check sample")
+    parser.add_argument("--comment-agreement", action="store_true", help="also score agreement of the "
+                        "comment (TextArea) controls, by normalized edit distance (JSON lines)")
     parser.add_argument("--out", type=Path, required=True, help="directory for the outputs")
     return parser
 
@@ -104,7 +106,8 @@ def _audit_results(args: argparse.Namespace) -> int:
         except (OSError, UnicodeDecodeError) as error:
             raise InputError(f"{args.config}: cannot read the labeling config ({error}); check the path") from None
         controls = read_controls(xml, str(args.config))
-        audits = audit_answers(args.labels, controls, args.gold, seed=args.seed)
+        audits = audit_answers(args.labels, controls, args.gold, seed=args.seed,
+                               comment_agreement=args.comment_agreement)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ import pandas as pd
 
 from labelloop.errors import InputError
 from labelloop.jsontext import MAX_NESTING, nested_too_deep
+from labelloop.tasktypes.comments import text_agreement
 
 from .base import ControlAudit, TaskType
 
@@ -104,8 +105,9 @@ def _identifier(record: dict[str, Any], key: str, where: str) -> str:
 
 
 def audit_answers(answers_path: Path, controls: list[TaskType], gold_path: Path | None = None,
-                  *, seed: int = 0) -> list[ControlAudit]:
-    """Audit every control (from ``read_controls``) over the answers (and gold)."""
+                  *, seed: int = 0, comment_agreement: bool = False) -> list[ControlAudit]:
+    """Audit every control (from ``read_controls``) over the answers (and gold); comment
+    controls are listed, and scored for agreement by edit distance only when asked."""
     answers = read_answers(answers_path, controls)
     gold = None if gold_path is None else read_answers(gold_path, controls, gold=True)
     audits = []
@@ -116,7 +118,10 @@ def audit_answers(answers_path: Path, controls: list[TaskType], gold_path: Path 
             raise InputError(f"{answers_path}: no answers for {task_type.control.describe()}")
         gold_frame = None if gold is None else gold.frames[name].drop(columns="annotator_id")
         data = {**(gold.data if gold else {}), **answers.data}
-        audits.append(task_type.audit(frame, gold_frame, seed=seed, data=data))
+        audit = task_type.audit(frame, gold_frame, seed=seed, data=data)
+        if comment_agreement and task_type.control.kind == "comment":
+            audit.metrics["agreement"] = text_agreement(frame.assign(control=name).to_dict("records")).get(name)
+        audits.append(audit)
     return audits
 
 

@@ -1,7 +1,9 @@
 """Annotator comments: a ``<TextArea>``, the field annotators use to flag an unclear item.
 
 Its text is kept verbatim and listed per item and annotator for the project's leads; it is
-not audited for agreement (free text has no consensus to vote on).
+not audited for agreement (free text has no consensus to vote on) unless the spec asks
+(``quality.comment_agreement``): then by normalized edit distance, as Label Studio Enterprise
+scores text areas.
 """
 
 from __future__ import annotations
@@ -58,3 +60,27 @@ class Comment(TaskType):
         from labelloop.quality.report import comment_section
 
         return [comment_section(metrics["comments"])]
+
+
+def text_agreement(listed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per comment control, the mean over items of the mean pairwise text similarity of the
+    annotators who wrote a comment there: 1 - Levenshtein distance / length of the longer text
+    (``rapidfuzz``'s normalized similarity; 1 = the same text). Items with one comment have no
+    pair and do not count; ``n_items`` and ``n_pairs`` say how much the figure rests on."""
+    from itertools import combinations
+
+    from rapidfuzz.distance import Levenshtein
+
+    texts: dict[str, dict[Any, list[str]]] = {}
+    for entry in listed:
+        texts.setdefault(entry["control"], {}).setdefault(entry["item_id"], []).append(entry["text"])
+    agreement = {}
+    for control, items in sorted(texts.items()):
+        per_item = [[Levenshtein.normalized_similarity(a, b) for a, b in combinations(item_texts, 2)]
+                    for item_texts in items.values() if len(item_texts) > 1]
+        agreement[control] = {
+            "method": "normalized Levenshtein similarity",
+            "mean_similarity": sum(sum(pairs) / len(pairs) for pairs in per_item) / len(per_item) if per_item else None,
+            "n_items": len(per_item), "n_pairs": sum(len(pairs) for pairs in per_item),
+        }
+    return agreement
