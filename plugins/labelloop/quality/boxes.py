@@ -36,6 +36,10 @@ OVERALL = "(all)"
 #: Matched pairs need IoU >= this: the PASCAL VOC convention, and the smallest threshold at
 #: which one box can overlap two disjoint boxes enough to match either, but not both.
 DEFAULT_THRESHOLD = 0.5
+#: Clusters that no annotator drew both of merge when their mean boxes overlap at IoU >= this
+#: (``cluster_boxes``): a loose box 1.7 times as wide and tall as a tight one of the same
+#: object overlaps it at 0.35, and whoever saw two overlapping objects drew both (no merge).
+DEFAULT_MERGE_IOU = 0.3
 
 
 # --- the frame ------------------------------------------------------------------------------
@@ -491,13 +495,17 @@ class Clusters:
         return cluster, annotator, drew
 
 
-def cluster_boxes(enc: EncodedBoxes, threshold: float = DEFAULT_THRESHOLD) -> Clusters:
+def cluster_boxes(enc: EncodedBoxes, threshold: float = DEFAULT_THRESHOLD,
+                  merge_iou: float | None = DEFAULT_MERGE_IOU) -> Clusters:  # fmt: skip
     """Single-linkage clustering of an image's boxes by IoU >= threshold, in descending IoU
     order, never putting two boxes of one annotator together. Labels are ignored: a box
     two annotators labelled differently is still one object (its label is voted later).
 
     Connected components of the IoU graph are the answer wherever no annotator occurs twice
     in one (almost everywhere); the rest are merged edge by edge (Kruskal with cannot-links).
+    Then clusters that no annotator drew both of are merged when their mean boxes overlap
+    at IoU >= ``merge_iou`` (``None``: never): each annotator draws an object once, so two
+    such clusters are one object that some drew tight and others loose, not two objects.
     """
     left, right = _answer_pairs(enc.answer_item)
     _, i, j = _cross(enc.start[left], enc.count[left], enc.start[right], enc.count[right])
@@ -514,25 +522,57 @@ def cluster_boxes(enc: EncodedBoxes, threshold: float = DEFAULT_THRESHOLD) -> Cl
     cluster = component.copy()
     if len(crowded):
         in_crowd = np.isin(component[i], crowded)
-        _merge_crowded(cluster, annotator, i[in_crowd], j[in_crowd], iou[in_crowd],
-                       np.flatnonzero(np.isin(component, crowded)))  # fmt: skip
-    # Renumber clusters by (item, first box row), so cluster ids follow the items.
+        rows = np.flatnonzero(np.isin(component, crowded))
+        roots = _link({int(r): {int(annotator[r])} for r in rows}, i[in_crowd], j[in_crowd],
+                      iou[in_crowd])  # fmt: skip
+        for r, root in roots.items():
+            cluster[r] = root + len(cluster)  # ids above every component id: no collisions
+    clusters = _numbered(enc, cluster)
+    return clusters if merge_iou is None else _merge_split(clusters, _check_threshold(merge_iou))
+
+
+def _numbered(enc: EncodedBoxes, cluster: np.ndarray) -> Clusters:
+    """Clusters renumbered by (item, first box row), so cluster ids follow the items."""
     item = enc.box_item
     _, first_row = np.unique(cluster, return_index=True)
     order = np.lexsort((first_row, item[first_row]))
     renumber = np.empty(len(first_row), np.int64)
     renumber[order] = np.arange(len(order))
     codes = np.searchsorted(np.unique(cluster), cluster)
-    cluster = renumber[codes]
-    return Clusters(enc=enc, cluster=cluster, item=item[first_row[order]])
+    return Clusters(enc=enc, cluster=renumber[codes], item=item[first_row[order]])
 
 
-def _merge_crowded(cluster: np.ndarray, annotator: np.ndarray, i: np.ndarray, j: np.ndarray,
-                   iou: np.ndarray, rows: np.ndarray) -> None:  # fmt: skip
-    """Kruskal over the edges of crowded components, skipping any merge that would put
-    two boxes of one annotator in one cluster; writes the cluster ids into ``cluster``."""
-    parent = {int(r): int(r) for r in rows}
-    members = {int(r): {int(annotator[r])} for r in rows}
+def _merge_split(clusters: Clusters, merge_iou: float) -> Clusters:
+    """Merge clusters of one image whose mean boxes overlap at IoU >= merge_iou, in
+    descending IoU order, while no annotator would occur twice in the merged cluster."""
+    enc, n = clusters.enc, clusters.n_clusters
+    left, right = _answer_pairs(clusters.item)  # every pair of clusters of one image
+    if not len(left):
+        return clusters
+    mean, _ = _fuse(clusters, np.ones(len(clusters.cluster)))
+    iou = _iou(mean[left], mean[right])
+    near = iou >= merge_iou
+    left, right, iou = left[near], right[near], iou[near]
+    incidence = (np.ones(len(clusters.cluster)), (clusters.cluster, enc.box_annotator))
+    drawn = sparse.csr_matrix(incidence, shape=(n, len(enc.annotators)))
+    disjoint = np.asarray(drawn[left].multiply(drawn[right]).sum(axis=1)).ravel() == 0
+    left, right, iou = left[disjoint], right[disjoint], iou[disjoint]
+    if not len(left):
+        return clusters
+    involved = np.union1d(left, right)
+    start, indices = drawn.indptr, drawn.indices
+    roots = _link({int(c): set(indices[start[c]:start[c + 1]].tolist()) for c in involved},
+                  left, right, iou)  # fmt: skip
+    merged = np.arange(n)
+    merged[involved] = [roots[int(c)] for c in involved]
+    return _numbered(enc, merged[clusters.cluster])
+
+
+def _link(members: dict[int, set[int]], i: np.ndarray, j: np.ndarray, iou: np.ndarray
+          ) -> dict[int, int]:  # fmt: skip
+    """Kruskal over the edges (i, j) in descending IoU, skipping any merge that would put
+    one annotator twice in a group (``members``: each node's annotators); each node's root."""
+    parent = {node: node for node in members}
 
     def root(r: int) -> int:
         while parent[r] != r:
@@ -545,19 +585,25 @@ def _merge_crowded(cluster: np.ndarray, annotator: np.ndarray, i: np.ndarray, j:
         if a != b and not members[a] & members[b]:
             parent[b] = a
             members[a] |= members.pop(b)
-    for r in parent:
-        cluster[r] = root(r) + len(cluster)  # ids above every component id: no collisions
+    return {node: root(node) for node in parent}
 
 
 class _BoxAggregator:
-    """What every box consensus learns: the clusters with a posterior of being a real
-    object, and the kept ones as a box frame."""
+    """What every box consensus learns: the clusters (the same clustering for every rule)
+    with a posterior of being a real object and a support, kept where the support (or, for
+    ``BoxConsensus(keep_by="posterior")``, the posterior) is above one half, and the kept
+    ones as a box frame."""
 
     clusters_: pd.DataFrame  # one row per cluster, kept or not
     boxes_: pd.DataFrame  # consensus box frame: item_id, x, y, w, h, label, confidence
 
-    def __init__(self, threshold: float = DEFAULT_THRESHOLD) -> None:
+    def __init__(self, threshold: float = DEFAULT_THRESHOLD,
+                 merge_iou: float | None = DEFAULT_MERGE_IOU) -> None:  # fmt: skip
         self.threshold = _check_threshold(threshold)
+        self.merge_iou = None if merge_iou is None else _check_threshold(merge_iou)
+
+    def _clusters(self, data: pd.DataFrame) -> Clusters:
+        return cluster_boxes(encode_boxes(data), self.threshold, self.merge_iou)
 
     def fit(self, data: pd.DataFrame) -> Self:
         raise NotImplementedError
@@ -566,24 +612,28 @@ class _BoxAggregator:
         """Fit on the box frame and return the consensus box frame."""
         return self.fit(data).boxes_
 
-    def _store(self, clusters: Clusters, posterior: np.ndarray, keep: np.ndarray,
-               weight: np.ndarray) -> None:  # fmt: skip
-        """Fuse and label every cluster with per-box ``weight``; keep where ``keep``.
-        An image with no kept cluster gets a "no object" row whose confidence is the
-        probability that none of its clusters is real."""
+    def _store(self, clusters: Clusters, posterior: np.ndarray, support: np.ndarray,
+               weight: np.ndarray, median: bool = False, by_posterior: bool = False
+               ) -> None:  # fmt: skip
+        """Fuse and label every cluster with per-box ``weight`` (weighted median edges with
+        ``median``); keep where the support (or the posterior) is above one half, which is
+        the kept box's confidence. An image with no kept cluster gets a "no object" row
+        whose confidence is the product of (1 - that score) over its clusters."""
         enc = clusters.enc
-        coords, label = _fuse(clusters, weight)
+        score = posterior if by_posterior else support
+        keep = score > 0.5
+        coords, label = _fuse(clusters, weight, median)
         n_votes = np.bincount(clusters.cluster, minlength=clusters.n_clusters)
         item_ids = enc.items.take(clusters.item)
         self.clusters_ = pd.DataFrame({
             ITEM: item_ids, X: coords[:, 0], Y: coords[:, 1], W: coords[:, 2], H: coords[:, 3],
             LABEL: enc.labels.take(label), "n_votes": n_votes,
             "n_answers": np.bincount(enc.answer_item, minlength=len(enc.items))[clusters.item],
-            "posterior": posterior, "kept": keep,
+            "posterior": posterior, "support": support, "kept": keep,
         })  # fmt: skip
         kept = self.clusters_.loc[keep, list(CONSENSUS_COLUMNS[:-1])].assign(
-            confidence=posterior[keep])
-        log_none = np.bincount(clusters.item, weights=np.log1p(-np.minimum(posterior, 1 - 1e-12)),
+            confidence=score[keep])
+        log_none = np.bincount(clusters.item, weights=np.log1p(-np.minimum(score, 1 - 1e-12)),
                                minlength=len(enc.items))  # fmt: skip
         empty = np.setdiff1d(np.arange(len(enc.items)), clusters.item[keep])
         no_object = pd.DataFrame({ITEM: enc.items.take(empty), "confidence": np.exp(log_none[empty])})
@@ -592,20 +642,46 @@ class _BoxAggregator:
         self.boxes_ = frame.iloc[order].reset_index(drop=True)
 
 
-def _fuse(clusters: Clusters, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted mean of each cluster's box edges (weighted box fusion) and weighted label
-    vote; ties go to the first label in sorted order."""
+def _fuse(clusters: Clusters, weight: np.ndarray, median: bool = False
+          ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Weighted mean (weighted box fusion) or weighted median of each cluster's box edges,
+    and the weighted label vote; ties go to the first label in sorted order."""
     enc, n = clusters.enc, clusters.n_clusters
     edges = np.column_stack([enc.coords[:, :2], enc.coords[:, :2] + enc.coords[:, 2:]])
-    total = np.bincount(clusters.cluster, weights=weight, minlength=n)
-    fused = np.column_stack([
-        np.bincount(clusters.cluster, weights=weight * edges[:, k], minlength=n) for k in range(4)
-    ]) / total[:, None]  # fmt: skip
+    if median:
+        fused = np.column_stack([_weighted_median(edges[:, k], weight, clusters.cluster, n)
+                                 for k in range(4)])  # fmt: skip
+    else:
+        total = np.bincount(clusters.cluster, weights=weight, minlength=n)
+        fused = np.column_stack([
+            np.bincount(clusters.cluster, weights=weight * edges[:, k], minlength=n)
+            for k in range(4)
+        ]) / total[:, None]  # fmt: skip
     coords = np.column_stack([fused[:, :2], fused[:, 2:] - fused[:, :2]])
     n_labels = len(enc.labels)
     votes = np.bincount(clusters.cluster * n_labels + enc.label, weights=weight,
                         minlength=n * n_labels).reshape(n, n_labels)  # fmt: skip
-    return coords, votes.argmax(axis=1)
+    return coords, votes.argmax(axis=1) if n_labels else np.zeros(n, np.int64)
+
+
+def _weighted_median(values: np.ndarray, weight: np.ndarray, group: np.ndarray, n_groups: int
+                     ) -> np.ndarray:  # fmt: skip
+    """Per group, the value at half the group's total (positive) weight; where the half
+    falls exactly between two values, their mean (the ordinary median with equal weights)."""
+    order = np.lexsort((values, group))
+    value, share, group = values[order], weight[order], group[order]
+    total = np.bincount(group, weights=share, minlength=n_groups)
+    cumulative = np.cumsum(share)
+    count = np.bincount(group, minlength=n_groups)
+    before = (cumulative - share)[np.cumsum(count) - count]  # weight of earlier groups
+    # group + the share of its weight up to each value: increasing over the sorted values.
+    position = group + (cumulative - before[group]) / total[group]
+    groups = np.arange(n_groups)
+    at = np.searchsorted(position, groups + 0.5 - 1e-9)
+    tie = (position[at] <= groups + 0.5 + 1e-9) & (at + 1 < len(value))
+    after = np.minimum(at + 1, len(value) - 1)
+    tie &= group[after] == groups
+    return np.where(tie, (value[at] + value[after]) / 2, value[at])
 
 
 class MajorityBoxes(_BoxAggregator):
@@ -613,11 +689,11 @@ class MajorityBoxes(_BoxAggregator):
     with the mean box and the most frequent label; confidence is the share who drew it."""
 
     def fit(self, data: pd.DataFrame) -> Self:
-        clusters = cluster_boxes(encode_boxes(data), self.threshold)
+        clusters = self._clusters(data)
         cluster, _, drew = clusters.evidence()
         votes = np.bincount(cluster, weights=drew, minlength=clusters.n_clusters)
         share = votes / np.bincount(cluster, minlength=clusters.n_clusters)
-        self._store(clusters, share, share > 0.5, np.ones(len(clusters.cluster)))
+        self._store(clusters, share, share, np.ones(len(clusters.cluster)))
         return self
 
 
@@ -638,12 +714,22 @@ class BoxConsensus(_BoxAggregator):
     drew by their expected number (EM for truncated data).
 
     ``smoothing`` pseudo-clusters at the pooled rates keep an annotator seen on a few
-    images near the crowd. A cluster is kept when P(real) >= 0.5; its box is the mean of
-    its boxes weighted by each annotator's inverse localisation error (learned from the kept
-    clusters), and its label the vote with the same weights.
+    images near the crowd.
 
-    Learned: ``clusters_``, ``boxes_``, ``annotators_`` (recall over real objects,
-    false_rate, weight, n_items, n_boxes per annotator), ``rates_`` (annotator x kind:
+    The decision is not P(real) > 0.5 (``keep_by="posterior"``, right for crowds whose
+    errors are independent): conditional independence makes a box that two or three of
+    seven drew look certain (P(real) 0.8-0.999) where real crowds show such boxes are real
+    about half the time or less (docs/boxes.md). By default each annotator's vote
+    weighs their F1 (expected precision and recall under the posteriors), and a cluster is
+    kept when the annotators who drew it hold more than half of the weight of those who
+    answered the image; that support is the box's confidence. Its box is the weighted
+    median of each edge, weighted by the annotator's inverse localisation error (learned
+    from the kept clusters), so one loose box does not widen it; its label the vote with
+    the same weights.
+
+    Learned: ``clusters_`` (with the model's ``posterior`` and the weighted ``support``),
+    ``boxes_``, ``annotators_`` (recall over real objects, false_rate, precision, vote
+    weight, localisation weight, n_items, n_boxes per annotator), ``rates_`` (annotator x kind:
     P(draws | kind), kinds ``real_1`` easiest ... and ``false``), ``priors_`` (Series,
     P(kind) among observed clusters), ``n_iter_``, ``log_likelihood_``.
     """
@@ -655,17 +741,23 @@ class BoxConsensus(_BoxAggregator):
     log_likelihood_: float
 
     def __init__(self, threshold: float = DEFAULT_THRESHOLD, difficulty_levels: int = 2,
-                 n_iter: int = 100, tol: float = 1e-5, smoothing: float = 2.0) -> None:  # fmt: skip
-        super().__init__(threshold)
+                 n_iter: int = 100, tol: float = 1e-5, smoothing: float = 2.0,
+                 merge_iou: float | None = DEFAULT_MERGE_IOU, keep_by: str = "support"
+                 ) -> None:  # fmt: skip
+        super().__init__(threshold, merge_iou)
         if difficulty_levels < 1 or n_iter < 1 or tol < 0 or smoothing <= 0:
             raise ValueError("BoxConsensus needs difficulty_levels >= 1, n_iter >= 1, "
                              "tol >= 0 and smoothing > 0")  # fmt: skip
+        if keep_by not in ("support", "posterior"):
+            raise ValueError(f"BoxConsensus keep_by={keep_by!r}; expected 'support' (the "
+                             "reliability-weighted vote) or 'posterior' (the model's P(real))")
+        self.keep_by = keep_by
         self.difficulty_levels = difficulty_levels
         self.n_iter, self.tol, self.smoothing = n_iter, tol, smoothing
 
     def fit(self, data: pd.DataFrame) -> Self:
-        enc = encode_boxes(data)
-        clusters = cluster_boxes(enc, self.threshold)
+        clusters = self._clusters(data)
+        enc = clusters.enc
         cluster, annotator, drew = clusters.evidence()
         n_clusters, n_annotators = clusters.n_clusters, len(enc.annotators)
         n_kinds = self.difficulty_levels + 1
@@ -692,20 +784,44 @@ class BoxConsensus(_BoxAggregator):
             previous = log_likelihood
 
         real = np.clip(posterior[:, :-1].sum(axis=1), 0.0, 1.0)  # rounding
-        keep = real >= 0.5
-        weight = _localisation_weights(clusters, keep, self.smoothing)
-        self._store(clusters, real, keep, weight[enc.box_annotator])
+        precision, recall = self._reliability(real, cluster, annotator, drew, n_annotators)
+        vote = 2 * precision * recall / (precision + recall)
+        voters = vote[annotator]
+        support = np.bincount(cluster, weights=voters * drew, minlength=n_clusters) / np.bincount(
+            cluster, weights=voters, minlength=n_clusters)  # fmt: skip
+        by_posterior = self.keep_by == "posterior"
+        weight = _localisation_weights(clusters, (real if by_posterior else support) > 0.5,
+                                       self.smoothing)  # fmt: skip
+        self._store(clusters, real, support, weight[enc.box_annotator], median=True,
+                    by_posterior=by_posterior)  # fmt: skip
         kinds = [*(f"real_{k + 1}" for k in range(n_kinds - 1)), "false"]
         self.rates_ = pd.DataFrame(rates, index=enc.annotators, columns=kinds)
         real_share = priors[:-1] / priors[:-1].sum()
         self.annotators_ = pd.DataFrame({
-            "recall": rates[:, :-1] @ real_share, "false_rate": rates[:, -1], "weight": weight,
+            "recall": rates[:, :-1] @ real_share, "false_rate": rates[:, -1],
+            "precision": precision, "vote": vote, "weight": weight,
             "n_items": np.bincount(enc.answer_annotator, minlength=n_annotators),
             "n_boxes": np.bincount(enc.box_annotator, minlength=n_annotators),
         }, index=enc.annotators)  # fmt: skip
         self.priors_ = pd.Series(priors, index=kinds, name="prior")
         self.n_iter_, self.log_likelihood_ = iteration, log_likelihood
         return self
+
+    def _reliability(self, real: np.ndarray, cluster: np.ndarray, annotator: np.ndarray,
+                     drew: np.ndarray, n_annotators: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each annotator's expected precision (share of their boxes in real clusters) and
+        recall (share of the real clusters on their images that they drew) under the
+        posteriors, with ``smoothing`` pseudo-counts at the pooled values."""
+        hits = np.bincount(annotator, weights=drew * real[cluster], minlength=n_annotators)
+        boxes = np.bincount(annotator, weights=drew, minlength=n_annotators)
+        objects = np.bincount(annotator, weights=real[cluster], minlength=n_annotators)
+
+        def smoothed(denominator: np.ndarray) -> np.ndarray:
+            pooled = hits.sum() / max(denominator.sum(), 1e-12)
+            return np.clip((hits + self.smoothing * pooled) / (denominator + self.smoothing),
+                           1e-6, 1.0)  # fmt: skip
+
+        return smoothed(boxes), smoothed(objects)
 
     def _m_step(self, posterior: np.ndarray, cluster: np.ndarray, annotator: np.ndarray,
                 drew: np.ndarray, rates: np.ndarray) -> np.ndarray:  # fmt: skip
