@@ -84,10 +84,6 @@ CHOICES = '<Choices name="label" toName="text"><Choice value="ham"/><Choice valu
          "<Polygon name='label'> on <Image> is not supported; supported: <Choices> with one choice"),
         ('<Image name="image" value="$text"/><KeyPointLabels name="label" toName="image"><Label value="a"/>'
          '</KeyPointLabels>', "<KeyPointLabels name='label'> on <Image> is not supported"),
-        (f'{TEXT}{CHOICES}<Labels name="ner" toName="text"><Label value="a"/><Label value="b"/></Labels>',
-         "<Labels name='ner'> besides <Choices name='label'>: the loop audits one control"),
-        (f'{TEXT}{CHOICES}{CHOICES.replace("label", "other")}',
-         "<Choices name='other'> besides <Choices name='label'>: the loop audits one control"),
         (f'{TEXT}{CHOICES}{CHOICES}', "more than one control is named 'label'; names must be unique"),
         (TEXT + CHOICES.replace('toName="text"', 'toName="body"'), "has toName='body', which names no object tag"),
         (f'{TEXT}<Choices name="label" toName="text"/>', "offers 0 value(s); give it at least two"),
@@ -103,3 +99,13 @@ def test_labeling_config_refused_at_parse_time(make_spec, tmp_path: Path, body: 
         load_spec(path)
     assert str(path) in str(error.value) and str(config) in str(error.value)
     assert expected in str(error.value)
+
+
+def test_every_loop_control_is_audited_the_models_first(make_spec, tmp_path: Path) -> None:
+    """Spans beside a document-level choice: both audited (each gated on its own), control_name first."""
+    config = tmp_path / "config.xml"
+    config.write_text(f'<View>{TEXT}<Labels name="ner" toName="text"><Label value="a"/><Label value="b"/></Labels>'
+                      f'{CHOICES}<TextArea name="note" toName="text"/></View>')
+    spec = load_spec(rewrite(make_spec, lambda raw: raw.update(labeling_config=str(config))))
+    assert [(t.control.name, t.kind) for t in spec.audited_types] == [("label", "choices"), ("ner", "spans")]
+    assert spec.task_type is spec.audited_types[0] and spec.comment_controls == ["note"]

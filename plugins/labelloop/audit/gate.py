@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -73,11 +74,16 @@ class Gate:
                 "checks": [{**asdict(c), "status": c.status} for c in self.checks]}
 
 
-def evaluate_gate(metrics: dict[str, Any], quality: Quality, task_type: TaskType) -> Gate:
+def evaluate_gate(metrics: dict[str, Any], quality: Quality, task_type: TaskType,
+                  others: Sequence[tuple[dict[str, Any], TaskType]] = ()) -> Gate:
     """Compare the audit's metrics (schema in docs/quality.md) with the spec's thresholds for
-    the kind of the audited control (``TaskType.gate_checks``)."""
-    checks = tuple(Check(**check) for check in task_type.gate_checks(metrics, quality))
-    return Gate(checks, task_type.control.describe())
+    the kind of the audited control (``TaskType.gate_checks``); each of ``others`` (another
+    control's metrics and type) is checked the same way, its checks named after its control."""
+    checks = [Check(**check) for check in task_type.gate_checks(metrics, quality)]
+    for other_metrics, other in others:
+        checks += [Check(**{**check, "metric": f"{other.control.describe()} {check['metric']}"})
+                   for check in other.gate_checks(other_metrics, quality)]
+    return Gate(tuple(checks), task_type.control.describe())
 
 
 class LogNotifier(BaseNotifier):
