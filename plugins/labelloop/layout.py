@@ -39,8 +39,10 @@ def storage_path(uri: str, conn_id: str | None) -> ObjectStoragePath:
 
 
 def run_key(run_id: str) -> str:
-    """A run id made safe for object keys (``scheduled__2026-01-01T00:00:00+00:00``)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", run_id)
+    """A run id made safe for object keys (``scheduled__2026-01-01T00:00:00+00:00``): one path
+    segment, and never ``.`` or ``..`` (Airflow accepts ``..`` as a manual run id)."""
+    key = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id)
+    return key if key.strip(".") else key.replace(".", "_")
 
 
 def asset_uri(spec: ProjectSpec, parts: tuple[str, ...]) -> str:
