@@ -17,9 +17,9 @@ from typing import Any
 
 import pandas as pd
 
-from labelloop.collect.export import SOURCE_TASK_FIELD
+from labelloop.taskdata import SOURCE_TASK_FIELD
 from labelloop.hooks.labelstudio import LabelStudioHook
-from labelloop.ingest.validate import BATCH_FIELD, HASH_FIELD
+from labelloop.taskdata import BATCH_FIELD, HASH_FIELD
 from labelloop.quality import disagreements
 from labelloop.spec import ProjectSpec
 
@@ -104,8 +104,10 @@ def route(hook: LabelStudioHook, spec: ProjectSpec, run: str, labels: pd.DataFra
     new = [task for task in review_tasks(spec, selected, labels, consensus, tasks, run)
            if task["data"][HASH_FIELD] not in routed]
     for start in range(0, len(new), IMPORT_CHUNK):
-        hook.import_batch(project.id, new[start:start + IMPORT_CHUNK], f"review-{run}-{start // IMPORT_CHUNK}",
-                          key_field=HASH_FIELD, batch_field=BATCH_FIELD)
+        batch_id = f"review-{run}-{start // IMPORT_CHUNK}"
+        # The batch id in the data is how a retry finds the tasks of a POST whose answer was lost.
+        batch = [{**task, "data": {**task["data"], BATCH_FIELD: batch_id}} for task in new[start:start + IMPORT_CHUNK]]
+        hook.import_batch(project.id, batch, batch_id, key_field=HASH_FIELD, batch_field=BATCH_FIELD)
     reasons = pd.Series([r for rs in selected.values() for r in rs], dtype=object).value_counts()
     return {"review_project_id": project.id, "selected": len(selected), "routed": len(new),
             "already_routed": len(selected) - len(new),

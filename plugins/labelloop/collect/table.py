@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from airflow.sdk import ObjectStoragePath
 
+from labelloop.layout import Layout
 from labelloop.state import StateError, read_json, uri_of, write_atomically, write_json
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,6 @@ TASKS_SCHEMA = pa.schema([
     ("source_task_id", pa.int64()), ("data", pa.string()),
 ])  # fmt: skip
 
-COLLECT = "collect"
 REBUILD = "run the collect DAG: it rebuilds latest.json from the snapshot folders"
 FILES = {"annotations": ANNOTATIONS_SCHEMA, "tasks": TASKS_SCHEMA, "review_annotations": ANNOTATIONS_SCHEMA}
 
@@ -86,11 +86,19 @@ def to_frame(table: pa.Table) -> pd.DataFrame:
 
 
 def read_parquet(path: ObjectStoragePath) -> pd.DataFrame:
-    return to_frame(pq.read_table(io.BytesIO(path.read_bytes())))
+    """The table in a snapshot file; a file that is not Parquet (truncated, overwritten) is a StateError
+    naming it, not a bare Arrow error."""
+    try:
+        return to_frame(pq.read_table(io.BytesIO(path.read_bytes())))
+    except pa.ArrowException as error:
+        raise StateError(path, f"is not a readable Parquet file ({error})",
+                         f"delete the folder {uri_of(path.parent)} and run the stage that wrote it again (the "
+                         f"collect DAG for a snapshot: it builds on the snapshot before, or exports in full; "
+                         f"the audit DAG for an audit)") from error
 
 
 def snapshot_folder(root: ObjectStoragePath, run: str) -> ObjectStoragePath:
-    return root / COLLECT / "snapshots" / run
+    return Layout(root).snapshot(run)
 
 
 def write_snapshot(root: ObjectStoragePath, run: str, tables: dict[str, pa.Table],
@@ -106,7 +114,7 @@ def write_snapshot(root: ObjectStoragePath, run: str, tables: dict[str, pa.Table
 
 
 def latest_path(root: ObjectStoragePath) -> ObjectStoragePath:
-    return root / COLLECT / "latest.json"
+    return Layout(root).latest_snapshot
 
 
 def _pointer(run: str, run_after: str, counts: dict[str, int]) -> dict[str, Any]:
@@ -125,7 +133,7 @@ def read_latest(root: ObjectStoragePath) -> dict[str, Any] | None:
 def snapshot_manifests(root: ObjectStoragePath) -> dict[str, dict[str, Any]]:
     """Run -> manifest of every complete snapshot. A folder without a manifest is unfinished and a
     broken manifest is not trusted: both are left out, the broken one with a warning."""
-    folder = root / COLLECT / "snapshots"
+    folder = Layout(root).snapshots
     if not folder.exists():
         return {}
     manifests = {}
@@ -188,7 +196,7 @@ def latest_snapshot(root: ObjectStoragePath) -> ObjectStoragePath | None:
     path = latest_path(root)
     pointer = read_latest(root)
     if pointer is None:
-        snapshots = root / COLLECT / "snapshots"
+        snapshots = Layout(root).snapshots
         if snapshots.exists() and any(snapshots.iterdir()):
             raise StateError(path, f"is missing although snapshot folders exist under {uri_of(snapshots)}", REBUILD)
         return None

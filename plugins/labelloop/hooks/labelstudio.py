@@ -23,20 +23,22 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 from airflow.sdk import BaseHook
 
 from labelloop import settings
+from labelloop.connections import url_of
 
 if TYPE_CHECKING:
     from label_studio_sdk import LabelStudio
 
 #: A stdlib logger (not the hook's structlog one): it reaches task logs and pytest's caplog alike.
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 TRANSIENT_STATUS = {408, 409, 429, 500, 502, 503, 504}
 #: Seconds to wait for a TCP connection; reading an answer waits the hook's ``timeout``.
 CONNECT_TIMEOUT = 10.0
@@ -156,10 +158,7 @@ def base_url_of(conn: Any, conn_id: str) -> str:
             f"connection {conn_id!r} needs host (the Label Studio URL, e.g. "
             f"http://label-studio:8080) and password (an API token)"
         )
-    base_url = conn.host if "://" in conn.host else f"http://{conn.host}"
-    if conn.port:
-        base_url = f"{base_url.rstrip('/')}:{conn.port}"
-    return base_url.rstrip("/")
+    return url_of(conn)
 
 
 class LabelStudioHook(BaseHook):
@@ -296,6 +295,30 @@ class LabelStudioHook(BaseHook):
         auth = {"auth_method": "BASIC_AUTH", "basic_auth_user": user, "basic_auth_pass": password} if user else {}
         return self.client.ml.create(url=url, project=project_id, title=title, is_interactive=False, **auth).id
 
+    def ensure_s3_import_storage(self, project_id: int, bucket: str, prefix: str, *, title: str,
+                                 access_key: str | None, secret_key: str | None, region: str | None,
+                                 endpoint: str | None, presign_ttl_minutes: int = 15) -> int:
+        """Connect an S3 bucket so Label Studio turns the ``s3://`` URIs in task data into presigned
+        URLs whenever a task is opened. Never synced (a sync would re-import every object as tasks):
+        created not synchronizable. Brought to these settings on every call (keys may rotate)."""
+        settings_ = {"bucket": bucket, "prefix": prefix, "title": title, "presign": True,
+                     "presign_ttl": presign_ttl_minutes, "use_blob_urls": True, "synchronizable": False,
+                     "aws_access_key_id": access_key, "aws_secret_access_key": secret_key,
+                     "region_name": region, "s3endpoint": endpoint}
+        for storage in self.client.import_storage.s3.list(project=project_id):
+            if storage.bucket == bucket and (storage.prefix or "") == prefix:
+                return self.client.import_storage.s3.update(id=storage.id, **settings_).id
+        return self.client.import_storage.s3.create(project=project_id, **settings_).id
+
+    def ensure_local_import_storage(self, project_id: int, path: str, *, title: str) -> int:
+        """Connect a folder under Label Studio's local-files document root, which it then serves to
+        the project's users as ``/data/local-files/?d=<path under the root>``. Never synced."""
+        for storage in self.client.import_storage.local.list(project=project_id):
+            if (storage.path or "").rstrip("/") == path.rstrip("/"):
+                return storage.id
+        return self.client.import_storage.local.create(project=project_id, path=path, title=title,
+                                                       use_blob_urls=True, synchronizable=False).id
+
     def task_count(self, project_id: int) -> int:
         return int(self.client.projects.get(project_id).task_number or 0)
 
@@ -344,33 +367,81 @@ class LabelStudioHook(BaseHook):
         quarter of the import time at 100k tasks. Returns key -> task id for the whole batch.
         """
         keys = [task["data"][key_field] for task in tasks]
-        started, attempt = time.monotonic(), 0
+
+        def attempt(number: int) -> dict[str, int]:
+            landed = {} if fresh and number == 0 else {
+                task.data[key_field]: task.id
+                for task in self.iter_tasks(project_id, query=data_filter(batch_field, batch_id))}
+            todo = [task for task, key in zip(tasks, keys) if key not in landed]
+            if todo:
+                response = self.client.projects.import_tasks(
+                    project_id, request=todo, return_task_ids=True,
+                    request_options={"max_retries": 0},
+                )
+                landed.update(zip((task["data"][key_field] for task in todo), response.task_ids or []))
+            missing = [key for key in keys if key not in landed]
+            if missing:
+                raise LabelStudioError(f"batch {batch_id}: {len(missing)} tasks were not created")
+            return landed
+
+        return self._once(f"batch {batch_id}", attempt, deadline_seconds)
+
+    def import_predictions(self, project_id: int, predictions: list[dict[str, Any]],
+                           deadline_seconds: float = 600.0) -> None:
+        """Add predictions (``{"task": id, "result": [...], "score", "model_version"}``) to tasks, once.
+
+        The SDK's own retry of a 5xx would send a POST that landed before its answer was lost again,
+        and those tasks would hold the prediction twice; here each retry first leaves out the tasks
+        that already carry a prediction of their model version.
+        """
+        def attempt(number: int) -> None:
+            todo = predictions
+            if number:
+                ids = [prediction["task"] for prediction in predictions]
+                query = json.dumps({"filters": id_ranges_filter([(min(ids), max(ids))])})
+                landed = {(task.id, _field(prediction, "model_version"))
+                          for task in self.iter_tasks(project_id, query=query, fields="all")
+                          for prediction in task.predictions or []}
+                todo = [p for p in predictions if (p["task"], p["model_version"]) not in landed]
+            if todo:
+                self.client.projects.import_predictions(project_id, request=todo, request_options={"max_retries": 0})
+
+        self._once(f"importing {len(predictions)} predictions", attempt, deadline_seconds)
+
+    def _once(self, what: str, attempt: Callable[[int], _T], deadline_seconds: float) -> _T:
+        """``attempt(0)``, then ``attempt(1)``, ... after transient failures, with backoff, until the
+        deadline. Each attempt must itself look at what an earlier one already did."""
+        started, number = time.monotonic(), 0
         while True:
             try:
-                landed = {} if fresh and attempt == 0 else {
-                    task.data[key_field]: task.id
-                    for task in self.iter_tasks(project_id, query=data_filter(batch_field, batch_id))}
-                todo = [task for task, key in zip(tasks, keys) if key not in landed]
-                if todo:
-                    response = self.client.projects.import_tasks(
-                        project_id, request=todo, return_task_ids=True,
-                        request_options={"max_retries": 0},
-                    )
-                    landed.update(zip((task["data"][key_field] for task in todo), response.task_ids or []))
-                missing = [key for key in keys if key not in landed]
-                if missing:
-                    raise LabelStudioError(f"batch {batch_id}: {len(missing)} tasks were not created")
-                return landed
+                return attempt(number)
             except Exception as error:
                 if not _transient(error) or time.monotonic() - started > deadline_seconds:
                     raise
-                attempt += 1
-                wait = min(2.0**attempt, 30.0)
-                self.log.warning("batch %s: %s; retrying in %.0f s (attempt %d)", batch_id, error, wait, attempt)
+                number += 1
+                wait = min(2.0**number, 30.0)
+                self.log.warning("%s: %s; retrying in %.0f s (attempt %d)", what, error, wait, number)
                 time.sleep(wait)
 
     def delete_project(self, project_id: int) -> None:
         self.client.projects.delete(project_id)
+
+    def delete_tasks(self, task_ids: list[int]) -> None:
+        """Delete these tasks; one already gone (an earlier attempt of the caller) is fine."""
+        from label_studio_sdk.core.api_error import ApiError
+
+        for task_id in task_ids:
+            try:
+                self.client.tasks.delete(id=task_id)
+            except ApiError as error:
+                if error.status_code != 404:
+                    raise
+
+    # Predictions (pre-label refresh) ----------------------------------------------------------
+
+    def set_model_version(self, project_id: int, model_version: str) -> None:
+        """The predictions the project shows annotators: Label Studio refuses a version none carries."""
+        self.client.projects.update(project_id, model_version=model_version)
 
     # Export and annotations (collect/audit) ---------------------------------------------------
 

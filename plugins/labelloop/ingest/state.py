@@ -30,7 +30,8 @@ from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 
-from labelloop.state import json_files, read_json, uri_of, write_json
+from labelloop.layout import MANIFEST, Layout, run_key
+from labelloop.state import is_local, json_files, read_json, uri_of, write_json
 
 MANIFEST_REMEDY = ("restore it from a backup or an earlier object version; or delete it, and the next ingest "
                    "re-reads every source object (the hash index keeps their records from being imported "
@@ -59,11 +60,6 @@ class SourceObject:
         return f"{stem}-{hashlib.sha1(self.name.encode()).hexdigest()[:10]}"
 
 
-def run_key(run_id: str) -> str:
-    """A run id made safe for object keys (``scheduled__2026-01-01T00:00:00+00:00``)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", run_id)
-
-
 def _modified(info: dict[str, Any]) -> datetime:
     stamp = info.get("LastModified") or info.get("mtime") or info.get("last_modified") or 0
     if isinstance(stamp, datetime):
@@ -72,8 +68,15 @@ def _modified(info: dict[str, Any]) -> datetime:
 
 
 def list_objects(folder: ObjectStoragePath) -> Iterator[SourceObject]:
-    """Every object under ``folder`` with a fingerprint (ETag or size+mtime), in one listing."""
+    """Every object under ``folder`` with a fingerprint (ETag or size+mtime), in one listing.
+
+    A folder that does not exist yet is an empty source (nothing has landed); a bucket that does
+    not exist is a mistake, which an object store would otherwise also answer with an empty listing."""
     if not folder.exists():
+        bucket = folder.path.split("/", 1)[0]
+        if not is_local(folder) and not folder.fs.exists(bucket):
+            raise FileNotFoundError(f"source {uri_of(folder)}: bucket {bucket!r} does not exist, or the "
+                                    f"connection's credentials cannot see it; create it or fix source.uri")
         return
     for path, info in sorted(folder.fs.find(folder.path, detail=True).items()):
         if info.get("type", "file") != "file":
@@ -89,13 +92,14 @@ class IngestState:
     """Manifest, hash index and the per-run journal of one project."""
 
     def __init__(self, storage_root: ObjectStoragePath, run_id: str, group: int | None = None) -> None:
-        self.root = storage_root / "ingest"
+        self.root = Layout(storage_root).ingest
         self.run = run_key(run_id)
         self.run_dir = self.root / "runs" / self.run
         self.group = group
         #: Where this task journals its batches: the run's folder, or its group's in a fanned-out run.
         self.journal = self.run_dir if group is None else self.group_dir(group)
-        self.manifest: dict[str, dict[str, Any]] = read_json(self.root / "manifest.json", {}, expect=dict,
+        self.manifest_path = Layout(storage_root).path(MANIFEST)
+        self.manifest: dict[str, dict[str, Any]] = read_json(self.manifest_path, {}, expect=dict,
                                                              remedy=MANIFEST_REMEDY)
         self.index: dict[str, str] = read_json(self.root / "index.json.gz", {}, expect=dict, remedy=INDEX_REMEDY)
 
@@ -174,5 +178,5 @@ class IngestState:
         self.save_index()
         for entry in finished.values():
             self.manifest[entry["object"]] = {"fingerprint": entry["fingerprint"], "run": entry["run"]}
-        write_json(self.root / "manifest.json", self.manifest)
+        write_json(self.manifest_path, self.manifest)
         write_json(self.run_dir / "summary.json", summary)

@@ -97,7 +97,8 @@ def log_candidate(model: Model, pipeline: Any, train: pd.DataFrame, evaluation: 
         if "confusion" in metrics:
             with tempfile.TemporaryDirectory() as folder:
                 mlflow.log_artifact(str(_confusion_plot(metrics, Path(folder))), "plots")
-        info = _log_model(learner.flavor, pipeline, model.name, train)
+        own = getattr(learner, "log_model", None)  # a learner that logs its own kind of model (detector)
+        info = own(pipeline, model.name, train) if own else _log_model(learner.flavor, pipeline, model.name, train)
     version = MlflowClient().get_model_version(model.name, str(info.registered_model_version))
     return version, {**metrics, "run_id": run.info.run_id}
 
@@ -126,8 +127,9 @@ def _confusion_plot(metrics: dict[str, Any], folder: Path) -> Path:
     classes, matrix = metrics["classes"], metrics["confusion"]
     figure, axis = plt.subplots(figsize=(3 + len(classes) * 0.6, 2.5 + len(classes) * 0.6))
     axis.imshow(matrix, cmap="Blues")
-    axis.set_xticks(range(len(classes)), classes)
-    axis.set_yticks(range(len(classes)), classes)
+    # Labels are the spec's, drawn as typed: "$x$" is a label here, not matplotlib math.
+    axis.set_xticks(range(len(classes)), classes, parse_math=False)
+    axis.set_yticks(range(len(classes)), classes, parse_math=False)
     axis.set_xlabel("predicted")
     axis.set_ylabel("gold")
     for row, values in enumerate(matrix):
@@ -156,13 +158,20 @@ def champion_history(client: MlflowClient, name: str) -> list[dict[str, Any]]:
 
 
 def move_champion(client: MlflowClient, name: str, version: str, reason: str, actor: str) -> None:
-    """Point ``champion`` at ``version`` and append the move to the history."""
+    """Point ``champion`` at ``version`` and append the move to the history.
+
+    The alias moves first, then the history: when the registry fails between the two, the
+    alias is already there on the retry, which then writes the missing history entry."""
     previous = champion_version(client, name)
-    if previous is not None and previous.version == str(version):
-        return  # already there: a re-run changes nothing
-    client.set_registered_model_alias(name, CHAMPION, version)
     history = champion_history(client, name)
-    history.append({"version": str(version), "previous": previous.version if previous else None,
+    if previous is not None and previous.version == str(version):
+        if history and history[-1].get("version") == str(version):
+            return  # already there and recorded: a re-run changes nothing
+        prior = history[-1].get("version") if history else None  # the alias moved, its record did not
+    else:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        prior = previous.version if previous else None
+    history.append({"version": str(version), "previous": prior,
                     "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "by": actor, "reason": reason})
     client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-100:]))
 

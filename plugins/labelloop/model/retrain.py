@@ -15,8 +15,8 @@ from typing import Any
 import pandas as pd
 
 from labelloop.hooks.labelstudio import LabelStudioHook
-from labelloop.ingest.pipeline import storage_path
-from labelloop.ingest.validate import HASH_FIELD, PRIORITY_FIELD
+from labelloop.layout import Layout
+from labelloop.taskdata import HASH_FIELD, PRIORITY_FIELD
 from labelloop.model.prelabel import registered_model, registry_errors, task_type_of
 from labelloop.spec import ProjectSpec
 from labelloop.state import read_json, write_json
@@ -28,7 +28,7 @@ PRELABELS_REMEDY = ("delete it: the next pre-label refresh re-predicts the unann
 
 
 #: The metrics the approval's comparison table shows, where the kind measures them.
-HEADLINE = ("accuracy", "macro_f1", "exact_match", "span_f1", "precision", "recall", "log_loss", "ece")
+HEADLINE = ("accuracy", "macro_f1", "exact_match", "span_f1", "box_f1", "precision", "recall", "log_loss", "ece")
 
 
 class NothingToTrain(Exception):
@@ -46,7 +46,6 @@ def training_sets(spec: ProjectSpec, consensus: pd.DataFrame, tasks: pd.DataFram
     An item trains when all its consensus rows are trusted: adjudicated, or consensus at or
     above the confidence floor (a span item is kept or dropped whole: dropping one doubtful
     span would teach the model that there is nothing there)."""
-    columns = list(task_type_of(spec).columns)
     tasks = tasks.assign(text=_texts(tasks, spec.object_name))
     gold = tasks[tasks["gold_label"].notna()]
     evaluation = gold_rows(spec, gold).reset_index(drop=True)
@@ -69,7 +68,9 @@ def consensus_rows(spec: ProjectSpec, consensus: pd.DataFrame) -> pd.DataFrame:
                                                consensus["label"], consensus["data"]):
         answer = task_type.consensus_rows(result, label, json.loads(data), f"consensus of item {item!r} (result)")
         rows += [{"item_id": item, "text": text, **row} for row in answer]
-    return pd.DataFrame(rows, columns=["item_id", "text", *columns])
+    # A type may give more than its answer columns (rectangles: each box's confidence).
+    extra = list(dict.fromkeys(key for row in rows for key in row if key not in {"item_id", "text", *columns}))
+    return pd.DataFrame(rows, columns=["item_id", "text", *columns, *extra])
 
 
 def gold_rows(spec: ProjectSpec, gold: pd.DataFrame) -> pd.DataFrame:
@@ -92,12 +93,12 @@ def frame_digest(frame: pd.DataFrame) -> str:
 def load_passed_audit(spec: ProjectSpec) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
     from labelloop.collect.table import read_parquet
 
-    root = storage_path(spec.storage_uri, spec.source.conn_id)
-    passed = read_json(root / "audit" / "passed.json", None, expect=dict, remedy=PASSED_REMEDY)
+    layout = Layout.of(spec)
+    passed = read_json(layout.quality_passed, None, expect=dict, remedy=PASSED_REMEDY)
     if passed is None:
         raise NothingToTrain("no audit has passed the quality gate yet")
-    consensus = read_parquet(root / "audit" / passed["audit"] / "consensus.parquet")
-    snapshot = root / "collect" / "snapshots" / passed["snapshot"]
+    consensus = read_parquet(layout.audit_run(passed["audit"]) / "consensus.parquet")
+    snapshot = layout.snapshot(passed["snapshot"])
     tasks = read_parquet(snapshot / "tasks.parquet")
     return passed, consensus, tasks
 
@@ -203,7 +204,7 @@ def rollback(spec: ProjectSpec, tracking_uri: str, version: str, actor: str) -> 
 
 
 def _prelabels_marker(spec: ProjectSpec) -> Any:
-    return storage_path(spec.storage_uri, spec.source.conn_id) / "model" / "prelabels.json"
+    return Layout.of(spec).prelabels
 
 
 def queue_generation(spec: ProjectSpec) -> int:
@@ -216,7 +217,7 @@ def _read_marker(spec: ProjectSpec) -> dict[str, Any]:
 
 
 def _missing_marker(spec: ProjectSpec) -> Any:
-    return storage_path(spec.storage_uri, spec.source.conn_id) / "model" / "prelabels_missing.json"
+    return Layout.of(spec).prelabels_missing
 
 
 def leave_for_refresh(spec: ProjectSpec, run: str, reason: str) -> None:
@@ -262,12 +263,12 @@ def refresh_prelabels(spec: ProjectSpec, hook: LabelStudioHook, tracking_uri: st
         new = [{"task": task.id, **prediction} for task, prediction in zip(chunk, predicted)
                if task.id > marker["predicted_through"] and not _predicted_by(task, model_version)]
         if new:
-            hook.client.projects.import_predictions(project.id, request=new)
+            hook.import_predictions(project.id, new)
             imported += len(new)
             marker["predicted_through"] = chunk[-1].id
             write_json(marker_path, marker)
     if tasks:  # Label Studio refuses a model_version no prediction carries
-        hook.client.projects.update(project.id, model_version=model_version)
+        hook.set_model_version(project.id, model_version)
     reordered = _reorder_queue_head(spec, hook, tasks, predictions, marker["generation"])
     write_json(marker_path, {**marker, "done": True, "tasks": len(tasks)})
     if missing and read_json(missing_path, None, expect=dict) == missing:  # (not if an ingest wrote it since)

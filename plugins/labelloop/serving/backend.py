@@ -52,7 +52,6 @@ from labelloop import settings as labelloop_settings
 from labelloop.model.prelabel import predictions, task_type_of
 from labelloop.serving.champion import Champion
 from labelloop.spec import LabelingConfig, ProjectSpec, load_specs
-from labelloop.stack import Server
 
 log = logging.getLogger(__name__)
 MODEL_CLASS = "LabelloopChampion"
@@ -301,8 +300,10 @@ def create_app(settings: Settings, champion: Champion | None = None) -> FastAPI:
     @app.get("/health")
     def health() -> dict[str, Any]:
         loaded = champion.current
-        return {"status": "UP", "model_class": MODEL_CLASS,
-                "model_version": loaded.model_version if loaded else None}
+        health = {"status": "UP", "model_class": MODEL_CLASS, "model_version": loaded.model_version if loaded else None}
+        if champion.trouble:  # the registry failed: the model above (if any) is the last one loaded
+            health["registry_error"] = champion.trouble
+        return health
 
     @app.post("/setup")
     def setup(body: SetupRequest) -> dict[str, Any]:
@@ -418,31 +419,6 @@ def describe(problems: Any) -> str:
         where = ".".join(str(part) for part in problem["loc"] if part != "body") or "body"
         parts.append(f"field {where}: {problem['msg']}")
     return "; ".join(parts)
-
-
-# Process --------------------------------------------------------------------------------------
-
-
-def backend_server(state_dir: Path, port: int, project: str, token: str, tracking_uri: str, *,
-                   projects_dir: Path | None = None, poll_seconds: float | None = None) -> Server:
-    """The backend as a stack server (uvicorn, one worker); healthy when /health answers."""
-    plugins = str(labelloop_settings.REPO_ROOT / "plugins")
-    env = {
-        TOKEN_ENV: token,
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "PYTHONPATH": os.pathsep.join(filter(None, [plugins, os.environ.get("PYTHONPATH")])),
-        # MLflow retries, timeouts, progress bar: labelloop.settings.MLFLOW_CLIENT_ENV, applied by
-        # labelloop.model.prelabel at import (a registry call fails in seconds; the poller retries).
-    }
-    if "AIRFLOW_HOME" not in os.environ:  # labelloop imports airflow.sdk, which writes a logs folder
-        env["AIRFLOW_HOME"] = str(state_dir / "airflow")
-    if projects_dir is not None:
-        env[labelloop_settings.PROJECTS_DIR_ENV] = str(projects_dir)
-    if poll_seconds is not None:
-        env[POLL_ENV] = str(poll_seconds)
-    command = [sys.executable, "-m", "labelloop.serving.backend", "--project", project,
-               "--host", "127.0.0.1", "--port", str(port)]
-    return Server("backend", command, port, "/health", state_dir, env, start_timeout=120)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,6 +40,8 @@ class Champion:
         self.poll_seconds = poll_seconds
         self.current: Loaded | None = None
         self.problem: str | None = "the registry has not been checked yet"
+        #: Why the last check failed (the registry down, a broken download), while the last model serves on.
+        self.trouble: str | None = None
         self.checked = threading.Event()  # set after the first check, whatever its outcome
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -68,6 +70,7 @@ class Champion:
             return self._trouble(str(error))
         except Exception as error:  # the poller must survive anything the network throws
             return self._trouble(f"the registry at {self.tracking_uri} is unreachable: {error}")
+        self.trouble = None
         if version is None:  # the registry's own answer: no such model, or no such alias
             if self.current is not None:
                 log.warning("%s is gone: no longer serving %s", self.uri, self.current.model_version)
@@ -76,7 +79,7 @@ class Champion:
                             f"{self.tracking_uri}; the retrain DAG sets it when a model clears the floor")
             return False
         if self.current is not None and self.current.version == version:
-            self.problem = None
+            self.problem = self.trouble = None
             return False
         try:
             model = self._load(version)
@@ -85,13 +88,14 @@ class Champion:
             return self._trouble(f"cannot load {self.name} version {version}: {error}")
         previous = self.current.model_version if self.current else "nothing"
         self.current = Loaded(model, version, f"{self.name}:{version}")
-        self.problem = None
+        self.problem = self.trouble = None
         log.info("now serving %s (was %s)", self.current.model_version, previous)
         return True
 
     def _trouble(self, message: str) -> bool:
         log.warning("%s; still serving %s", message,
                     self.current.model_version if self.current else "nothing")
+        self.trouble = message
         if self.current is None:
             self.problem = message
         return False

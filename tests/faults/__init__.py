@@ -1,0 +1,1 @@
+"""Fault injection for the integration tests: a programmable HTTP proxy in front of real servers."""
