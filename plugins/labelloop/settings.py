@@ -50,6 +50,15 @@ def state_dir() -> Path:
     return Path(os.environ.get(STATE_DIR_ENV, REPO_ROOT / ".state"))
 
 
+#: The folder Label Studio serves local files from (LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT); image
+#: tasks address local images relative to it. Default: the embedded stack's object store.
+LOCAL_FILES_ROOT_ENV = "LABELLOOP_LOCAL_FILES_ROOT"
+
+
+def local_files_root() -> Path:
+    return Path(os.environ.get(LOCAL_FILES_ROOT_ENV, state_dir() / "store"))
+
+
 def mlflow_client_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """``MLFLOW_CLIENT_ENV``, with what ``environ`` already sets winning."""
     return {name: environ.get(name, value) for name, value in MLFLOW_CLIENT_ENV.items()}

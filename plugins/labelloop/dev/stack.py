@@ -210,6 +210,10 @@ def labelstudio_server(
         # The ML backend and S3 endpoints of the embedded stack live on 127.0.0.1.
         "LABEL_STUDIO_SSRF_PROTECTION_ENABLED": "false",
         "LABEL_STUDIO_ML_BLOCK_LOCAL_IP": "false",
+        # Image tasks of the local store: Label Studio serves its files to the projects that
+        # connect a folder under it (labelloop.ingest.images); nothing outside it.
+        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(settings.local_files_root()),
         # Label Studio also reads bare USERNAME/PASSWORD: never let the caller's leak in.
         "USERNAME": DEFAULT_ADMIN,
         "PASSWORD": DEFAULT_PASSWORD,

@@ -1,24 +1,28 @@
 """Turn a parsed record into Label Studio task data, or say exactly why it cannot be one.
 
 The content hash is computed over the task data the spec defines (not the record's id),
-so the same message arriving twice, under two ids or in two files, is one task.
+so the same message arriving twice, under two ids or in two files, is one task; for an image
+task it is the SHA-256 of the image's bytes (``images``), whatever its name.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from labelloop.errors import InputError
+from labelloop.ingest.images import ImageChecker, InvalidImage
 from labelloop.spec import DataField, ProjectSpec
 
-HASH_FIELD = "labelloop_hash"
-BATCH_FIELD = "labelloop_batch"
-ID_FIELD = "labelloop_id"
-#: Labeling order (highest first): the champion's uncertainty, or random (see ingest.pipeline.priority).
-PRIORITY_FIELD = "labelloop_priority"
+
+#: A number as CSV cells write it: JSON's grammar, ASCII digits only (Python's own parsers also
+#: take "nan", "inf", "1_000" and other scripts' digits, which would change the value silently).
+_NUMBER = {"integer": re.compile(r"[+-]?\d+", re.ASCII),
+           "number": re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", re.ASCII)}
 
 
 class InvalidRecord(ValueError):
@@ -73,14 +77,15 @@ def _coerce(name: str, rule: DataField, value: Any) -> Any:
             return value.strip().lower() in {"true", "1"}
         raise InvalidRecord(f"field {name!r} must be true or false, got {value!r:.80}")
     number_type = int if rule.type == "integer" else float
-    if isinstance(value, bool):
-        raise InvalidRecord(f"field {name!r} must be {'an integer' if number_type is int else 'a number'}, got {value!r}")
+    expected = f"field {name!r} must be {'an integer' if number_type is int else 'a finite number'}"
+    if isinstance(value, bool) or (isinstance(value, str) and not _NUMBER[rule.type].fullmatch(value.strip())):
+        raise InvalidRecord(f"{expected}, got {value!r:.80}")
     try:
         number = number_type(value)
-    except (TypeError, ValueError):
-        raise InvalidRecord(
-            f"field {name!r} must be {'an integer' if number_type is int else 'a number'}, got {value!r:.80}"
-        ) from None
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidRecord(f"{expected}, got {value!r:.80}") from None
+    if isinstance(number, float) and not math.isfinite(number):  # NaN, Infinity: not JSON, Label Studio refuses them
+        raise InvalidRecord(f"{expected}, got {value!r:.80}")
     if number_type is int and isinstance(value, float) and not value.is_integer():
         raise InvalidRecord(f"field {name!r} must be an integer, got {value!r}")
     return number
@@ -94,6 +99,7 @@ class RecordValidator:
         self.id_field = spec.source.id_field
         self.label_field = spec.source.label_field
         self.task_type = spec.task_type
+        self.images = ImageChecker(spec) if spec.image_field else None
 
     def validate(self, record: dict[str, Any]) -> ValidRecord:
         data: dict[str, Any] = {}
@@ -106,11 +112,17 @@ class RecordValidator:
                     raise InvalidRecord(f"required field {source!r} is missing or empty (fields present: {present})")
                 continue
             data[name] = _coerce(source, rule, value)
+        key = content_hash(data)
+        if self.images is not None:
+            try:
+                data, key = self.images.check(data)
+            except InvalidImage as error:
+                raise InvalidRecord(f"image {data[self.images.field]!r}: {error}") from None
         label = self._label(record, data)
         item_id = record.get(self.id_field) if self.id_field else None
         if item_id is not None:
             item_id = _storable(self.id_field, str(item_id))  # it is stored in the task data too
-        return ValidRecord(data, content_hash(data), item_id, label)
+        return ValidRecord(data, key, item_id, label)
 
     def _label(self, record: dict[str, Any], data: dict[str, Any]) -> str | None:
         """The known answer, checked by the audited control's task type (a label of the config;
