@@ -5,7 +5,7 @@ VENV := .venv
 LS_VENV := .venv-labelstudio
 export PYTHONPATH := $(CURDIR)/plugins
 
-.PHONY: setup demo test test-unit bench stack-up stack-down stack-status clean
+.PHONY: setup browser demo test test-unit bench stack-up stack-down stack-status clean
 
 setup: $(VENV)/.installed $(LS_VENV)/.installed
 
@@ -42,10 +42,22 @@ $(LS_VENV)/.installed: requirements-labelstudio.txt
 	$(call make_venv,$(LS_VENV),requirements-labelstudio.txt)
 	@touch $@
 
+# The browser tests' chromium (tests/browser drives it with Playwright): Debian's package, installed
+# once, when no chromium is on PATH; that needs root (as in CI). Never Playwright's own download.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium for the browser tests: apt-get update && apt-get install -y --no-install-recommends chromium"; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null && chromium --version; \
+	else \
+	  echo "no chromium on PATH and not root: the browser tests will fail until you run" \
+	       "'sudo apt-get update && sudo apt-get install -y --no-install-recommends chromium'"; \
+	fi
+
 demo: setup
 	$(VENV)/bin/python -m labelloop demo
 
-test: setup
+test: setup browser
 	$(VENV)/bin/python -m pytest
 
 test-unit: setup

@@ -24,8 +24,8 @@ from mlflow import MlflowClient
 
 from labelloop.audit.run import CONSENSUS_SCHEMA
 from labelloop.collect.table import TASKS_SCHEMA, to_table, write_parquet
-from labelloop.demo import Airflow
-from labelloop.ingest.pipeline import storage_path
+from labelloop.dev.demo import Airflow
+from labelloop.layout import storage_path
 from labelloop.ingest.state import write_json
 from labelloop.ingest.validate import content_hash
 from labelloop.model.prelabel import CHAMPION
@@ -33,7 +33,7 @@ from labelloop.model.registry import champion_history
 from labelloop.project import ensure_project
 from labelloop.settings import LABELSTUDIO_CONN_ID, MLFLOW_CONN_ID
 from labelloop.spec import ProjectSpec, load_spec
-from labelloop.stack import airflow_server, free_port
+from labelloop.dev.stack import airflow_server, free_port
 
 from tests.conftest import SMS, TOKEN
 
@@ -97,6 +97,14 @@ def answer(airflow: Airflow, scheduler_log: Path, dag_id: str, run_id: str, opti
     externally"): it retries and asks again. A person cannot answer that fast; a script can,
     so this waits for the scheduler's own log line about that report.
     """
+    wait_parked(airflow, scheduler_log, dag_id, run_id)
+    detail = airflow.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails")
+    airflow.respond(dag_id, run_id, "approve", [option])
+    return detail
+
+
+def wait_parked(airflow: Airflow, scheduler_log: Path, dag_id: str, run_id: str) -> None:
+    """Until the approval awaits input and the scheduler has handled its task's exit (see ``answer``)."""
     airflow.wait_for_task(dag_id, run_id, "approve", {"awaiting_input"})
     ti = airflow.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/approve")
     parked = (f"Received executor event with state success for task instance TaskInstanceKey(dag_id='{dag_id}', "
@@ -105,9 +113,6 @@ def answer(airflow: Airflow, scheduler_log: Path, dag_id: str, run_id: str, opti
     while parked not in scheduler_log.read_text(errors="replace"):
         assert time.monotonic() < deadline, f"the scheduler never saw approve park: {parked!r} not in {scheduler_log}"
         time.sleep(0.5)
-    detail = airflow.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/approve/-1/hitlDetails")
-    airflow.respond(dag_id, run_id, "approve", [option])
-    return detail
 
 
 def test_promotion_waits_for_a_person_who_can_approve_or_reject(approval_stack: Any, labelstudio_hook: Any) -> None:

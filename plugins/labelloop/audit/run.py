@@ -18,13 +18,14 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from airflow.sdk import ObjectStoragePath
 
 from labelloop import settings
 from labelloop.audit.gate import evaluate_gate
@@ -37,21 +38,20 @@ from labelloop.audit.prepare import (
     record_seen,
     task_data,
 )
-from labelloop.audit.routing import route
+from labelloop.audit.routing import review_settings, review_title, route
 from labelloop.collect.export import choices_answer
-from labelloop.collect.table import latest_snapshot, read_parquet, read_snapshot, snapshot_folder
+from labelloop.collect.table import latest_snapshot, read_parquet, read_snapshot
 from labelloop.hooks.labelstudio import LabelStudioHook
-from labelloop.ingest.pipeline import storage_path
-from labelloop.ingest.state import run_key
+from labelloop.layout import Layout, run_key
 from labelloop.quality.audit import Method
-from labelloop.quality.report import comment_section, metrics_json, page
+from labelloop.quality.report import RunHeading, comment_section, metrics_json, page
 from labelloop.spec import ProjectSpec
 from labelloop.tasktypes import TaskType
+from labelloop.tasktypes.comments import text_agreement
 from labelloop.tasktypes.loop import LoopAudit
 from labelloop.state import read_json, write_atomically, write_json
 
 log = logging.getLogger(__name__)
-AUDIT = "audit"
 METHODS: dict[str, Method] = {"majority": "majority", "dawid_skene": "dawid-skene"}
 HISTORY_KEPT = 100
 SEEN = "seen.json.gz"
@@ -70,10 +70,6 @@ CONSENSUS_SCHEMA = pa.schema([
 
 class NothingToAudit(Exception):
     """No snapshot yet, or too few answers for agreement: the run skips, it does not fail."""
-
-
-def root_of(spec: ProjectSpec) -> ObjectStoragePath:
-    return storage_path(spec.storage_uri, spec.source.conn_id)
 
 
 def seed_of(run: str) -> int:
@@ -95,9 +91,9 @@ def consensus_table(task_type: TaskType, result: LoopAudit, tasks: pd.DataFrame)
     return pa.Table.from_pandas(frame[CONSENSUS_SCHEMA.names], schema=CONSENSUS_SCHEMA, preserve_index=False)
 
 
-def _history(root: ObjectStoragePath, run: str, metrics: dict[str, Any]) -> list[dict[str, Any]]:
+def _history(layout: Layout, run: str, metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """Record this audit in history.json; return the audits before it (oldest first)."""
-    path = root / AUDIT / "history.json"
+    path = layout.audit / "history.json"
     earlier = [entry for entry in read_json(path, [], expect=list, remedy=HISTORY_REMEDY) if entry["run_id"] != run]
     gold = metrics["gold"]
     entry = {"run_id": run, "agreement": metrics["agreement"],
@@ -107,12 +103,13 @@ def _history(root: ObjectStoragePath, run: str, metrics: dict[str, Any]) -> list
     return earlier
 
 
-def audit_latest(spec: ProjectSpec, run_id: str) -> dict[str, Any]:
-    """Audit the latest snapshot; write report, metrics, consensus and gate; log them to MLflow."""
-    root, run = root_of(spec), run_key(run_id)
-    folder = latest_snapshot(root)
+def audit_latest(spec: ProjectSpec, run_id: str, review_url: str | None = None) -> dict[str, Any]:
+    """Audit the latest snapshot; write report, metrics, consensus and gate; log them to MLflow.
+    ``review_url`` (``review_project_url``) is the review project the report links to."""
+    layout, run = Layout.of(spec), run_key(run_id)
+    folder = latest_snapshot(layout.root)
     if folder is None:
-        raise NothingToAudit(f"no collect snapshot under {root / 'collect'} yet; run the collect DAG first")
+        raise NothingToAudit(f"no collect snapshot under {layout.collect} yet; run the collect DAG first")
     tables = read_snapshot(folder)
     task_type = spec.task_type
     data = task_data(tables["tasks"])
@@ -122,24 +119,47 @@ def audit_latest(spec: ProjectSpec, run_id: str) -> dict[str, Any]:
         raise NothingToAudit(f"snapshot {folder.name} has {answers.groupby(['item_id', 'annotator_id']).ngroups} "
                              f"answers of {task_type.control.describe()} from {annotators} annotators; agreement "
                              f"needs two or more")
-    fresh = answered_since(answered_at(tables["annotations"], task_type), read_seen(root), run)
-    result = task_type.loop_audit(
-        answers, gold_answers(tables["tasks"], task_type, data, answers["item_id"]),
-        control_answers(tables["review_annotations"], task_type, data, key="source_task_id", one_per_item=True),
-        method=METHODS[spec.quality.consensus], seed=seed_of(run), spot_check_fraction=spec.quality.spot_check_fraction,
-        spot_check_among=fresh, low_confidence_threshold=spec.quality.min_consensus_confidence, run_id=run, data=data,
-    )
+    fresh = answered_since(answered_at(tables["annotations"], task_type), read_seen(layout), run)
+
+    def audit_control(control_type: TaskType, answers: pd.DataFrame) -> LoopAudit:
+        """(Gold and known answers are the model's control's: ``source.label_field`` holds one.)"""
+        return control_type.loop_audit(
+            answers, gold_answers(tables["tasks"], control_type, data, answers["item_id"])
+            if control_type is task_type else None,
+            control_answers(tables["review_annotations"], control_type, data, key="source_task_id",
+                            one_per_item=True),
+            method=METHODS[spec.quality.consensus], seed=seed_of(run),
+            spot_check_fraction=spec.quality.spot_check_fraction, spot_check_among=fresh,
+            low_confidence_threshold=spec.quality.min_consensus_confidence, run_id=run, data=data,
+        )
+
+    result = audit_control(task_type, answers)
+    others = {other.control.name: (other, audit_control(other, other_answers))
+              for other in spec.audited_types[1:]
+              if (other_answers := control_answers(tables["annotations"], other, data))["annotator_id"].nunique() > 1}
     control = task_type.control
     metrics = {**result.metrics, "control": {"name": control.name, "kind": control.kind, "tag": control.tag},
                "comments": comments(tables["annotations"], comment_types(spec))}
-    gate = evaluate_gate(metrics, spec.quality, task_type).to_dict(spec.name)
-    history = _history(root, run, metrics)
-    out = root / AUDIT / run
+    if len(spec.audited_types) > 1:  # each other control's own metrics (one with < 2 annotators: not audited)
+        metrics["controls"] = {other.control.name: {"kind": other.kind, "tag": other.control.tag,
+                                                    **(others[other.control.name][1].metrics
+                                                       if other.control.name in others else
+                                                       {"not_audited": "fewer than two annotators answered it"})}
+                               for other in spec.audited_types[1:]}
+    if spec.quality.comment_agreement:
+        metrics["comment_agreement"] = text_agreement(metrics["comments"])
+    gate = evaluate_gate(metrics, spec.quality, task_type,
+                         [(audit.metrics, other) for other, audit in others.values()]).to_dict(spec.name)
+    history = _history(layout, run, metrics)
+    out = layout.audit_run(run)
     with tempfile.TemporaryDirectory(prefix="labelloop-audit-") as tmp:
         local = Path(tmp)
         (local / "metrics.json").write_text(metrics_json(metrics), encoding="utf-8")
-        (local / "report.html").write_text(report_html(task_type, metrics, history), encoding="utf-8")
+        heading = RunHeading(spec.title, datetime.now(UTC), run, gate, review_url)
+        (local / "report.html").write_text(report_html(task_type, metrics, history, heading, spec.audited_types[1:]), encoding="utf-8")
         pq.write_table(consensus_table(task_type, result, tables["tasks"]), local / "consensus.parquet")
+        for name, (other, audit) in others.items():  # the model's control keeps consensus.parquet
+            pq.write_table(consensus_table(other, audit, tables["tasks"]), local / f"consensus.{name}.parquet")
         (local / "gate.json").write_text(json.dumps(gate, indent=1), encoding="utf-8")
         out.mkdir(parents=True, exist_ok=True)
         for file in sorted(local.iterdir()):
@@ -151,19 +171,33 @@ def audit_latest(spec: ProjectSpec, run_id: str) -> dict[str, Any]:
                           "spot_check": len(metrics["review"]["spot_check"]),
                           "low_confidence": len(metrics["review"]["low_confidence"]),
                           "disagreements": metrics["review"]["n_disagreements"]}}
-    write_json(root / AUDIT / "latest.json", {k: v for k, v in outcome.items() if k != "uri"})
+    write_json(layout.audit / "latest.json", {k: v for k, v in outcome.items() if k != "uri"})
     return outcome
 
 
-def report_html(task_type: TaskType, metrics: dict[str, Any], history: list[dict[str, Any]]) -> str:
-    """report.html: the audited control's sections (by its task type), then the comments."""
+def report_html(task_type: TaskType, metrics: dict[str, Any], history: list[dict[str, Any]],
+                heading: RunHeading | None = None, others: Sequence[TaskType] = ()) -> str:
+    """report.html: ``heading`` (project, time, gate, review link), a section per audited control
+    by its task type (the model's control first, with the history; then ``others``, from
+    ``metrics["controls"]``), then the comments."""
     import html
 
     title = f"Label audit {html.escape(str(metrics.get('run_id') or ''))}".strip()
-    own = {key: value for key, value in metrics.items() if key not in ("comments", "control")}
-    sections = [f"<h2>{html.escape(task_type.control.describe())}</h2>",
-                *task_type.loop_report_sections(own, history), comment_section(metrics["comments"])]
-    return page(title, "".join(sections))
+    own = {key: value for key, value in metrics.items() if key not in ("comments", "control", "controls")}
+    sections = [f"<h2>{html.escape(task_type.control.describe())}</h2>", *task_type.loop_report_sections(own, history)]
+    for other in others:
+        other_metrics = metrics["controls"][other.control.name]
+        sections.append(f"<h2>{html.escape(other.control.describe())}</h2>")
+        sections += ([f"<p>Not audited: {html.escape(other_metrics['not_audited'])}.</p>"]
+                     if "not_audited" in other_metrics else other.loop_report_sections(other_metrics, []))
+    return page(title, "".join([*sections, comment_section(metrics["comments"])]), heading)
+
+
+def review_project_url(spec: ProjectSpec, hook: LabelStudioHook) -> str:
+    """The review project's page, for the report's link: created here when no audit has routed
+    to it yet (routing, right after the audit, would create it the same way)."""
+    project, _ = hook.upsert_project(review_title(spec), **review_settings(spec))
+    return hook.project_url(project.id)
 
 
 def comment_types(spec: ProjectSpec) -> list[Any]:
@@ -173,9 +207,9 @@ def comment_types(spec: ProjectSpec) -> list[Any]:
     return [t for t in read_controls(spec.labeling_config_xml, str(spec.labeling_config)) if t.kind == "comment"]
 
 
-def read_seen(root: ObjectStoragePath) -> dict[str, dict[str, str]]:
+def read_seen(layout: Layout) -> dict[str, dict[str, str]]:
     """What earlier audits' spot checks were drawn from (see ``audit.prepare.record_seen``)."""
-    return read_json(root / AUDIT / SEEN, {}, expect=dict, remedy=SEEN_REMEDY)
+    return read_json(layout.audit / SEEN, {}, expect=dict, remedy=SEEN_REMEDY)
 
 
 def route_audit(spec: ProjectSpec, hook: LabelStudioHook, outcome: dict[str, Any]) -> dict[str, Any]:
@@ -184,17 +218,17 @@ def route_audit(spec: ProjectSpec, hook: LabelStudioHook, outcome: dict[str, Any
     Then record the answers this audit's spot check was drawn from, so the next audit draws
     only from items answered since; a failed routing records nothing and its items stay due.
     """
-    root, run = root_of(spec), outcome["audit"]
-    tables = read_snapshot(snapshot_folder(root, outcome["snapshot"]))
-    out = root / AUDIT / run
+    layout, run = Layout.of(spec), outcome["audit"]
+    tables = read_snapshot(layout.snapshot(outcome["snapshot"]))
+    out = layout.audit_run(run)
     consensus = read_parquet(out / "consensus.parquet")[["task_id", "label", "result", "confidence", "source"]]
     consensus = consensus.rename(columns={"task_id": "item_id"}).astype({"item_id": "int64"})
     task_type = spec.task_type
     answers = control_answers(tables["annotations"], task_type, task_data(tables["tasks"]))
     routed = route(hook, spec, run, answers, consensus,
                    read_json(out / "metrics.json", {}, expect=dict, remedy=RERUN), tables["tasks"])
-    seen = record_seen(answered_at(tables["annotations"], task_type), read_seen(root), run)
-    write_json(root / AUDIT / SEEN, seen)
+    seen = record_seen(answered_at(tables["annotations"], task_type), read_seen(layout), run)
+    write_json(layout.audit / SEEN, seen)
     return routed
 
 
@@ -202,7 +236,7 @@ def mark_passed(spec: ProjectSpec, outcome: dict[str, Any]) -> dict[str, Any]:
     """Point ``audit/passed.json`` at this audit; retraining reads its consensus from there."""
     pointer = {"audit": outcome["audit"], "consensus": f"{outcome['audit']}/consensus.parquet",
                "snapshot": outcome["snapshot"], "summary": outcome["gate"]["summary"]}
-    write_json(root_of(spec) / AUDIT / "passed.json", pointer)
+    write_json(Layout.of(spec).quality_passed, pointer)
     return pointer
 
 

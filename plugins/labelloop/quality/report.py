@@ -3,7 +3,10 @@
 The HTML is drawn from the metrics dict alone (plots as base64 PNGs, no external assets),
 so an old metrics.json can be re-rendered and a report can be mailed as one file.
 matplotlib is imported only when plotting, through ``Figure`` (no pyplot global state),
-so importing the quality library stays cheap for a DAG parser.
+so importing the quality library stays cheap for a DAG parser. A loop audit's page opens
+with what a lead reads first (``RunHeading``): the project, when it ran, the gate's verdict
+with each failed metric's shortfall, and a link to the review project. Tables of rows
+(annotators first) sort by any column with a click, by a few lines of inline script.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import html
 import io
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +31,10 @@ if TYPE_CHECKING:
 
     from .audit import AuditResult
 
+#: Text properties of every plot label taken from data (annotator ids, labels, run ids): drawn as
+#: typed, since matplotlib reads "$...$" as math and raises on what it cannot typeset ("$\\x$").
+PLAIN = {"parse_math": False}
+
 #: Heatmaps and accuracy plots show at most this many annotators (the busiest ones).
 MAX_ANNOTATORS_SHOWN = 40
 
@@ -36,6 +45,82 @@ HISTORY_SERIES = (
     ("mean pairwise kappa", "agreement", "pairwise_kappa_mean"),
     ("consensus accuracy on gold", "gold", "consensus_accuracy"),
 )
+
+
+#: Sorts a ``table.sortable`` by the clicked column: numbers by value, text alphabetically, and
+#: cells without a number ("n/a") last either way; a second click reverses. No network needed.
+SORT_SCRIPT = """<script>
+document.querySelectorAll("table.sortable th").forEach(function (th) {
+  th.title = "sort by " + th.textContent;
+  th.style.cursor = "pointer";
+  th.addEventListener("click", function () {
+    var table = th.closest("table"), column = th.cellIndex, body = table.tBodies[0];
+    var up = th.getAttribute("aria-sort") !== "ascending";
+    table.querySelectorAll("th").forEach(function (other) { other.removeAttribute("aria-sort"); });
+    th.setAttribute("aria-sort", up ? "ascending" : "descending");
+    function key(row) {
+      var text = row.cells[column].textContent.trim();
+      return text !== "" && !isNaN(Number(text)) ? Number(text) : text;
+    }
+    Array.from(body.rows).map(function (row) { return [key(row), row]; }).sort(function (a, b) {
+      var x = a[0], y = b[0];
+      if (typeof x !== typeof y) { return typeof x === "number" ? -1 : 1; }
+      var order = typeof x === "number" ? x - y : x.localeCompare(y);
+      return up ? order : -order;
+    }).forEach(function (pair) { body.appendChild(pair[1]); });
+  });
+});
+</script>"""
+
+
+@dataclass(frozen=True)
+class RunHeading:
+    """The top of a loop audit's report: whose labels, when, the gate's verdict, where to review."""
+
+    project: str  # the spec's title
+    ran_at: datetime
+    run_id: str = ""
+    gate: dict[str, Any] | None = None  # ``Gate.to_dict``: passed, summary, checks
+    review_url: str | None = None
+
+    def title(self) -> str:
+        return html.escape(f"{self.project}: label audit of {self.ran_at:%Y-%m-%d %H:%M %Z}".strip())
+
+    def intro(self) -> str:
+        """The banner and the run's facts, above the sections."""
+        when = html.escape(self.ran_at.isoformat(timespec="seconds"))
+        facts = [f'ran <time datetime="{when}">{html.escape(f"{self.ran_at:%Y-%m-%d %H:%M:%S %Z}".strip())}</time>']
+        if self.run_id:
+            facts.append(f"Airflow run <code>{html.escape(self.run_id)}</code>")
+        if self.review_url:
+            facts.append(f'<a id="review-project" href="{html.escape(self.review_url)}">review project in '
+                         "Label Studio</a> (the items routed for a reviewer's decision)")
+        return (gate_banner(self.gate) if self.gate is not None else "") + f'<p>{" · ".join(facts)}</p>'
+
+
+def gate_banner(gate: dict[str, Any]) -> str:
+    """Passed or failed, in colour; a failure lists each failed metric with its value, the
+    threshold and the shortfall; metrics the data could not give are named as not measured."""
+    checks = gate["checks"]
+    failed = [check for check in checks if check["status"] == "failed"]
+    unmeasured = [check for check in checks if check["status"] == "not measured"]
+    if failed:
+        rows = "".join(
+            f"<tr><th>{html.escape(check['metric'])}</th><td>{_fmt(check['value'])}</td>"
+            f"<td>{html.escape(check['threshold_name'])} {_fmt(check['threshold'])}</td>"
+            f"<td>{_fmt(check['threshold'] - check['value'])}</td></tr>" for check in failed)
+        verdict = (f"<strong>Quality gate FAILED</strong>: {len(failed)} of {len(checks)} checks"
+                   "<table><tr><th>metric</th><th>value</th><th>threshold</th><th>short by</th></tr>"
+                   f"{rows}</table>")
+        style, status = "background:#fde8e8;border-color:#c0392b", "failed"
+    else:
+        verdict = f"<strong>Quality gate passed</strong>: {len(checks) - len(unmeasured)} of {len(checks)} checks met"
+        style, status = "background:#e6f4ea;border-color:#2e7d32", "passed"
+    if unmeasured:
+        verdict += "<p>Not measured: " + "; ".join(
+            html.escape(f"{check['metric']} ({check['note'] or 'no data'})") for check in unmeasured) + "</p>"
+    return (f'<div id="gate" class="gate-{status}" role="status" '
+            f'style="border:2px solid;padding:.5em 1em;margin:1em 0;{style}">{verdict}</div>')
 
 
 def metrics_json(metrics: dict[str, Any]) -> str:
@@ -62,14 +147,18 @@ def render_html(metrics: dict[str, Any], history: Sequence[dict[str, Any]] = ())
     return page(title, "".join(choice_sections(metrics, history)))
 
 
-def page(title: str, body: str) -> str:
-    """A self-contained HTML page around the report's sections (``title`` already escaped)."""
+def page(title: str, body: str, heading: RunHeading | None = None) -> str:
+    """A self-contained HTML page around the report's sections (``title`` already escaped);
+    with a ``heading``, its title, banner and run facts come first instead."""
+    if heading is not None:
+        title, body = heading.title(), heading.intro() + body
     return (
         f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
         "<style>body{font-family:sans-serif;max-width:70em;margin:auto;padding:1em}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;"
-        "text-align:right}img{max-width:100%}</style></head><body>"
-        f"<h1>{title}</h1>{body}</body></html>\n"
+        "text-align:right}img{max-width:100%}th[aria-sort=ascending]::after{content:' \\25B2'}"
+        "th[aria-sort=descending]::after{content:' \\25BC'}</style></head><body>"
+        f"<h1>{title}</h1>{body}{SORT_SCRIPT}</body></html>\n"
     )
 
 
@@ -120,11 +209,17 @@ def table_sections(metrics: dict[str, Any]) -> list[str]:
         elif isinstance(value, list) and value and all(isinstance(row, dict) for row in value):
             columns = list(dict.fromkeys(name for row in value for name in row
                                          if not isinstance(row[name], dict | list)))
-            head = "".join(f"<th>{html.escape(str(name))}</th>" for name in columns)
-            body = "".join("<tr>" + "".join(f"<td>{_fmt(row.get(name))}</td>" for name in columns) + "</tr>"
-                           for row in value)
-            sections.append(f"<h3>{html.escape(key)}</h3><table><tr>{head}</tr>{body}</table>")
+            sections.append(f"<h3>{html.escape(key)}</h3>{rows_table(columns, value, key)}")
     return sections
+
+
+def rows_table(columns: Sequence[str], rows: Sequence[dict[str, Any]], name: str) -> str:
+    """One row per dict, sortable by any column (``SORT_SCRIPT``); ``name`` says which rows."""
+    head = "".join(f'<th scope="col">{html.escape(str(column))}</th>' for column in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(row.get(column))}</td>" for column in columns) + "</tr>"
+                   for row in rows)
+    return (f'<table class="sortable" data-rows="{html.escape(name)}"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table>")
 
 
 def _fmt(value: Any) -> str:
@@ -158,12 +253,7 @@ def _summary(metrics: dict[str, Any]) -> str:
 
 def _annotator_table(annotators: list[dict[str, Any]]) -> str:
     columns = ["annotator_id", "n_labels", "n_gold", "n_correct", "accuracy", "ci_low", "ci_high"]
-    head = "".join(f"<th>{name}</th>" for name in columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{_fmt(row[name])}</td>" for name in columns) + "</tr>"
-        for row in annotators
-    )
-    return f"<h2>Annotators</h2><table><tr>{head}</tr>{body}</table>"
+    return f"<h2>Annotators</h2>{rows_table(columns, annotators, 'annotators')}"
 
 
 def _figure(caption: str, figure: Figure) -> str:
@@ -192,7 +282,7 @@ def _accuracy_plot(annotators: list[dict[str, Any]]) -> Figure:
                     0, None)  # fmt: skip
     axes.errorbar(table["accuracy"], position, xerr=error, fmt="o", capsize=3)
     axes.set_yticks(position, [f"{a} (n={n})" for a, n in zip(table["annotator_id"],
-                                                              table["n_gold"])])  # fmt: skip
+                                                              table["n_gold"])], **PLAIN)  # fmt: skip
     axes.set_xlim(0, 1)
     axes.set_xlabel("accuracy on gold items")
     return figure
@@ -213,8 +303,8 @@ def _kappa_heatmap(pairs: list[dict[str, Any]], annotators: list[dict[str, Any]]
     image = axes.imshow(matrix.to_numpy(), cmap="RdBu", vmin=-1, vmax=1)
     axes.set_facecolor("#ddd")  # NaN cells: too few shared items
     ticks = np.arange(len(matrix))
-    axes.set_xticks(ticks, [str(a) for a in matrix.columns], rotation=90, fontsize=7)
-    axes.set_yticks(ticks, [str(a) for a in matrix.index], fontsize=7)
+    axes.set_xticks(ticks, [str(a) for a in matrix.columns], rotation=90, fontsize=7, **PLAIN)
+    axes.set_yticks(ticks, [str(a) for a in matrix.index], fontsize=7, **PLAIN)
     figure.colorbar(image, ax=axes, label="Cohen's kappa")
     return figure
 
@@ -229,8 +319,8 @@ def _confusion_plot(confusion: dict[str, Any]) -> Figure:
         colour = "white" if count > matrix.max() / 2 else "black"
         axes.text(column, row, str(count), ha="center", va="center", color=colour)
     ticks = np.arange(len(labels))
-    axes.set_xticks(ticks, labels, rotation=45, ha="right")
-    axes.set_yticks(ticks, labels)
+    axes.set_xticks(ticks, labels, rotation=45, ha="right", **PLAIN)
+    axes.set_yticks(ticks, labels, **PLAIN)
     axes.set_xlabel("consensus")
     axes.set_ylabel("gold")
     figure.colorbar(image, ax=axes, label="items")
@@ -246,7 +336,7 @@ def _history_plot(runs: list[dict[str, Any]]) -> Figure:
         if any(value is not None for value in values):
             axes.plot(position, [np.nan if v is None else v for v in values], "o-", label=name)
     names = [str(run.get("run_id") or f"run {i + 1}") for i, run in enumerate(runs)]
-    axes.set_xticks(position, names, rotation=30, ha="right", fontsize=8)
+    axes.set_xticks(position, names, rotation=30, ha="right", fontsize=8, **PLAIN)
     axes.set_ylim(min(0, axes.get_ylim()[0]), 1)
     axes.legend(fontsize=8)
     return figure
