@@ -4,7 +4,7 @@
     .venv/bin/python tests/benchmarks/bench_ingest.py --skip 100000:ls-s3-sync   # ~10 min
     .venv/bin/python tests/benchmarks/bench_ingest.py --sizes 2000 --no-doc   # a smoke run
 
-One Label Studio server (its own venv, SQLite, started by ``labelloop.stack``) and one S3
+One Label Studio server (its own venv, SQLite, started by ``labelloop.dev.stack``) and one S3
 API server (moto's ThreadedMotoServer, in this process) serve the whole run. For each size N,
 N unique records are made from the real SMS messages (text + `` #i``; id and label kept) and
 written as JSONL objects of 10,000 records under ``s3://bench/raw-N/``. Then each method
@@ -28,7 +28,9 @@ high-water mark (the interpreter and its imports included; "base" is the RSS bef
 Wall time runs from the first request to the last task present (a final task count) and
 excludes interpreter start-up. For every method the Label Studio server's CPU seconds and
 RSS growth are sampled too, so one can see on which side of the wire the time goes.
-Each method's project must hold exactly N tasks at the end, or the run fails.
+Each method's project must hold exactly N tasks at the end, or the run fails. The methods run
+interleaved, one round of each after another (``--repeat`` rounds), so load from other work on
+shared cores hits them alike; "speed vs raw-sdk, paired" is raw wall / wall of the same round.
 Not a pytest test: the name does not match test_*.py.
 """
 
@@ -105,16 +107,21 @@ class Timers:
 def child_labelloop(args: argparse.Namespace) -> dict[str, Any]:
     from labelloop.hooks.labelstudio import LabelStudioHook
     from labelloop.ingest import state
-    from labelloop.ingest.pipeline import Ingest, storage_path
+    from labelloop.ingest import pipeline
+    from labelloop.ingest.pipeline import Ingest, _ImportQueue, storage_path
     from labelloop.spec import load_spec
 
     spec = load_spec(Path(args.spec))
     hook = LabelStudioHook()
     timers = Timers()
-    # Where does the time go? Nested timers: _import contains import_batch, which contains the
-    # per-attempt Data Manager lookup (iter_tasks) and the POST (import_tasks).
+    # Where does the time go? Nested timers: reading contains ordering the batches and the waits
+    # for a free place in the import queue (one timer also holds the final wait for the last
+    # imports, which comes after reading); the import thread's _send contains import_batch, which
+    # contains the per-attempt Data Manager lookup (iter_tasks) and the POST (import_tasks).
     timers.wrap(Ingest, "_read_object", "read+validate+hash (objects)")
-    timers.wrap(Ingest, "_import", "import (whole batch step)")
+    timers.wrap(pipeline, "priorities", "  order each batch (priorities)")
+    timers.wrap(_ImportQueue, "wait_oldest", "  waiting for the import thread (queue full, or the end)")
+    timers.wrap(Ingest, "_send", "import thread: send batch (journal + POST)")
     timers.wrap(LabelStudioHook, "import_batch", "  hook.import_batch")
     timers.wrap(LabelStudioHook, "iter_tasks", "    Data Manager lookup of landed tasks", consume=True)
     timers.wrap(state, "write_json", "  journal writes (write_json)")
@@ -156,7 +163,7 @@ def child_raw(args: argparse.Namespace) -> dict[str, Any]:
 
     s3 = boto3.client("s3", endpoint_url=args.endpoint, aws_access_key_id="testing",
                       aws_secret_access_key="testing", region_name="us-east-1")
-    client = LabelStudio(base_url=args.labelstudio, api_key=TOKEN, timeout=300)
+    client = LabelStudio(base_url=args.labelstudio, api_key=args.token, timeout=300)
     reset_peak_rss()
     base = proc_status("VmRSS")
     cpu0, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
@@ -256,8 +263,9 @@ def write_objects(s3: Any, n: int, per_object: int) -> tuple[str, int, int]:
     return prefix, objects, size
 
 
-def write_spec(folder: Path, n: int, batch_size: int, attempt: int = 0) -> Path:
-    """The SMS spec reading raw-N/, with its own journal folder per run (a shared one would skip)."""
+def write_spec(folder: Path, n: int, batch_size: int, attempt: int = 0, **overrides: Any) -> Path:
+    """The SMS spec reading raw-N/, with its own journal folder per run (a shared one would skip);
+    ``overrides`` replace top-level keys (``name``, ``schedules``, ``ingest``...)."""
     import yaml
 
     raw = yaml.safe_load(SPEC.read_text())
@@ -266,7 +274,8 @@ def write_spec(folder: Path, n: int, batch_size: int, attempt: int = 0) -> Path:
                guidelines=str(REPO / "include" / raw["guidelines"]),
                storage_uri=f"s3://{BUCKET}/state-{n}-{attempt}", import_batch_size=batch_size)
     raw["source"]["uri"] = f"s3://{BUCKET}/raw-{n}/"
-    path = folder / f"bench_{n}_{attempt}.yaml"
+    raw.update(overrides)
+    path = folder / f"{raw['name']}_{attempt}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 
@@ -336,8 +345,8 @@ def fmt_mib(value: int | None) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| N | method | wall s | records/s | peak MiB (base) | vs raw-sdk | LS server CPU s | "
-            "LS server RSS +MiB |\n|---:|---|---:|---:|---:|---:|---:|---:|")
+    head = ("| N | method | wall s | records/s | peak MiB (base) | wall vs raw-sdk | speed vs raw-sdk, paired | "
+            "LS server CPU s | LS server RSS +MiB |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     lines = [head]
     for row in rows:
         raw = next(r for r in rows if r["n"] == row["n"] and r["method"] == "raw-sdk") \
@@ -346,8 +355,11 @@ def table(rows: list[dict[str, Any]]) -> str:
         peak = f"{fmt_mib(row.get('peak'))} ({fmt_mib(row.get('base'))})" if row.get("peak") else "n/a (in the server)"
         walls = row.get("walls", [row["wall"]])
         wall = f"{row['wall']:,.1f}" + (f" ({min(walls):,.1f}-{max(walls):,.1f})" if len(walls) > 1 else "")
+        speeds = row.get("speeds") or []
+        speed = "n/a" if not speeds else f"{speeds[len(speeds) // 2]:.2f}" + (
+            f" ({speeds[0]:.2f}-{speeds[-1]:.2f})" if len(speeds) > 1 else "")
         lines.append(f"| {row['n']:,} | {row['method']} | {wall} | {row['n'] / row['wall']:,.0f} | "
-                     f"{peak} | {ratio} | {row['server_cpu']:,.1f} | {fmt_mib(row['server_rss'])} |")
+                     f"{peak} | {ratio} | {speed} | {row['server_cpu']:,.1f} | {fmt_mib(row['server_rss'])} |")
     return "\n".join(lines)
 
 
@@ -357,7 +369,9 @@ def breakdown(rows: list[dict[str, Any]]) -> str:
     if not ours:
         return ""
     names = list(ours[0]["timers"])
-    order = ["read+validate+hash (objects)", "import (whole batch step)", "  hook.import_batch",
+    order = ["read+validate+hash (objects)", "  order each batch (priorities)",
+             "  waiting for the import thread (queue full, or the end)",
+             "import thread: send batch (journal + POST)", "  hook.import_batch",
              "    Data Manager lookup of landed tasks", "    POST import_tasks",
              "  journal writes (write_json)", "  journal reads (read_json)"]
     names = [name for name in order if name in names] + [name for name in names if name not in order]
@@ -409,6 +423,7 @@ def main() -> int:
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
     parser.add_argument("--endpoint", help=argparse.SUPPRESS)
     parser.add_argument("--labelstudio", help=argparse.SUPPRESS)
+    parser.add_argument("--token", default=TOKEN, help=argparse.SUPPRESS)
     parser.add_argument("--profile-to", help=argparse.SUPPRESS)
     parser.add_argument("--run-id", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -424,7 +439,7 @@ def main() -> int:
     from moto.server import ThreadedMotoServer
 
     from labelloop.settings import AWS_CONN_ID, LABELSTUDIO_CONN_ID
-    from labelloop.stack import free_port, labelstudio_server
+    from labelloop.dev.stack import free_port, labelstudio_server
 
     command = ".venv/bin/python tests/benchmarks/bench_ingest.py " + " ".join(sys.argv[1:])
     rows: list[dict[str, Any]] = []
@@ -462,13 +477,15 @@ def main() -> int:
         for n in args.sizes:
             prefix, objects, size = write_objects(s3, n, args.per_object)
             print(f"\nN={n:,}: {objects} JSONL objects, {size / MiB:.1f} MiB under s3://{BUCKET}/{prefix}", flush=True)
-            for method in args.methods:
-                if f"{n}:{method}" in args.skip:
-                    notes.append(f"{method} at N={n:,} was not run (--skip)")
-                    continue
-                repeats = 1 if method == "ls-s3-sync" else args.repeat
-                runs = []
-                for attempt in range(repeats):
+            methods = [method for method in args.methods if f"{n}:{method}" not in args.skip]
+            notes += [f"{method} at N={n:,} was not run (--skip)" for method in args.methods if method not in methods]
+            runs: dict[str, list[dict[str, Any]]] = {method: [] for method in methods}
+            # Interleaved (raw-sdk, labelloop, raw-sdk, labelloop, ...): load from other work on the
+            # shared cores hits every method alike, and run i of each method can be paired.
+            for attempt in range(args.repeat):
+                for method in methods:
+                    if method == "ls-s3-sync" and attempt:
+                        continue  # the slow one runs once
                     project = client.projects.create(title=f"bench {n} {method} {attempt}", **settings).id
                     with ServerSampler(server.process.pid) as sampler:
                         if method == "labelloop":
@@ -493,10 +510,15 @@ def main() -> int:
                     if result["count"] != n:
                         raise SystemExit(f"FAILED: {method} left {result['count']:,} tasks in project {project}, "
                                          f"expected {n:,} ({result.get('note', '')})")
-                    runs.append(result)
-                runs.sort(key=lambda run: run["wall"])
-                median = dict(runs[len(runs) // 2])
-                median["walls"] = [run["wall"] for run in runs]
+                    runs[method].append(result)
+            raw_walls = [run["wall"] for run in runs.get("raw-sdk", [])]
+            for method in methods:
+                # Speed vs the raw import of the same round: raw wall / this wall (>= 1.0: no slower).
+                speeds = sorted(raw / run["wall"] for raw, run in zip(raw_walls, runs[method]))
+                ordered = sorted(runs[method], key=lambda run: run["wall"])
+                median = dict(ordered[len(ordered) // 2])
+                median["walls"] = [run["wall"] for run in ordered]
+                median["speeds"] = speeds
                 rows.append(median)
     finally:
         if server is not None:

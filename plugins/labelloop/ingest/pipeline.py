@@ -4,13 +4,19 @@ Every record read ends as imported, duplicate (its content is already a task) or
 quarantined (with its reason); the counts add up per object and per run. The work is
 journaled in object storage (see ``state``), so a re-run changes nothing and a run killed
 half-way resumes without duplicates.
+
+Reading, validation, hashing and pre-labeling overlap with the imports: the journal and POST
+of each batch run on one import thread (``_ImportQueue``), one batch after another as the
+journal needs, while the run prepares the next.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any
@@ -18,29 +24,32 @@ from typing import IO, Any
 from airflow.sdk import ObjectStoragePath
 
 from labelloop.hooks.labelstudio import LabelStudioHook, data_filter
-from labelloop.ingest.readers import format_of, read_records
+from labelloop.ingest.images import image_object_record
+from labelloop.ingest.readers import RawRecord, format_of, read_records
 from labelloop.ingest.state import IngestState, SourceObject, list_objects
-from labelloop.ingest.validate import (
-    BATCH_FIELD, HASH_FIELD, ID_FIELD, PRIORITY_FIELD, InvalidRecord, RecordValidator, content_hash,
-)
+from labelloop.ingest.validate import InvalidRecord, RecordValidator, content_hash
+from labelloop.layout import storage_path
 from labelloop.ordering import priorities, unit
 from labelloop.spec import ProjectSpec
+from labelloop.taskdata import BATCH_FIELD, HASH_FIELD, ID_FIELD, PRIORITY_FIELD, SOURCE_FIELD
 
 log = logging.getLogger(__name__)
 
 #: Pre-labels for a batch of task data dicts: one prediction (or None) per task.
 Predictor = Callable[[list[dict[str, Any]]], list[dict[str, Any] | None]]
 COUNTS = ("read", "imported", "duplicate", "quarantined")
-
-
-def storage_path(uri: str, conn_id: str | None) -> ObjectStoragePath:
-    """Local folders need no connection; object stores take the spec's."""
-    return ObjectStoragePath(uri, conn_id=conn_id if not uri.startswith("file://") else None)
+#: Batches prepared and waiting while Label Studio writes the one before (the queue's bound):
+#: one keeps the server busy; more would only hold more tasks in memory.
+PREPARED_AHEAD = 1
 
 
 def is_gold(content: str, fraction: float) -> bool:
     """A stable pseudo-random choice by content hash: the same item is gold in every run."""
     return fraction > 0 and unit(content) < fraction
+
+
+class ObjectReadError(RuntimeError):
+    """A source object could not be read from the store; the message names it and what to check."""
 
 
 @dataclass
@@ -68,6 +77,7 @@ class Ingest:
         self.awaiting: list[_Pending] = []
         self.committed_sources: set[str] = set()
         self.next_seq = 0
+        self.queue: _ImportQueue | None = None
 
     # Run ----------------------------------------------------------------------------------
 
@@ -113,15 +123,17 @@ class Ingest:
         self._resume()
         earlier = self.state.finished_objects()
         finished: dict[str, dict[str, Any]] = {}
-        for obj in objects:
-            if obj.name in earlier:
-                finished[obj.name] = earlier[obj.name]
-                continue
-            self._read_object(obj, format_of(obj.path.name))
-            for entry in self._flush_if_full():
-                finished[entry["object"]] = entry
-        for entry in self._flush():
-            finished[entry["object"]] = entry
+        with _ImportQueue(PREPARED_AHEAD) as self.queue:
+            for obj in objects:
+                if obj.name in earlier:
+                    finished[obj.name] = earlier[obj.name]
+                    continue
+                self._read_object(obj, format_of(obj.path.name))
+                self._flush_if_full()
+            self._flush()
+            for entries in self.queue.drain():
+                finished.update((entry["object"], entry) for entry in entries or [])
+        self.queue = None
         return finished
 
     def summarize(self, finished: dict[str, dict[str, Any]], skipped: list[dict[str, str]]) -> dict[str, Any]:
@@ -145,7 +157,7 @@ class Ingest:
         self.next_seq = max((batch["seq"] + 1 for batch in self.state.committed_batches()), default=0)
         pending = self.state.pending_batch()
         if pending:
-            landed = {task.data[HASH_FIELD]: {"id": task.id, "source": task.data.get("labelloop_source")}
+            landed = {task.data[HASH_FIELD]: {"id": task.id, "source": task.data.get(SOURCE_FIELD)}
                       for task in self.hook.iter_tasks(self.project_id, query=data_filter(BATCH_FIELD, pending["batch_id"]))}
             log.info("settling interrupted batch %s: %d of %d tasks had landed",
                      pending["batch_id"], len(landed), len(pending["hashes"]))
@@ -176,8 +188,8 @@ class Ingest:
 
     def _read_object(self, obj: SourceObject, fmt: str) -> None:
         pending = _Pending(obj)
-        with obj.path.open("rb") as stream, _LazyWriter(self.state.quarantine_path(obj)) as bad:
-            for raw in read_records(stream, fmt, self.spec.source.max_record_bytes):
+        with _LazyWriter(self.state.quarantine_path(obj)) as bad:
+            for raw in self._records(obj, fmt):
                 pending.counts["read"] += 1
                 source = f"{obj.name}#{raw.line}"
                 if raw.error is None:
@@ -194,6 +206,21 @@ class Ingest:
                            "run": self.state.run})
         self.awaiting.append(pending)
 
+    def _records(self, obj: SourceObject, fmt: str) -> Iterator[RawRecord]:
+        """The object's records; an image object is one record, whose bytes the validator reads."""
+        if fmt == "image":
+            yield image_object_record(obj.name, self.spec)
+            return
+        try:
+            with obj.path.open("rb") as stream:
+                yield from read_records(stream, fmt, self.spec.source.max_record_bytes)
+        except Exception as error:  # the store's (denied, gone, cut off), not the records': those are quarantined
+            raise ObjectReadError(
+                f"reading {obj.name} failed ({type(error).__name__}: {error}). Check that it still exists and "
+                f"that connection {self.spec.source.conn_id!r} may read it, then clear the run from list_groups "
+                f"on: the new listing leaves out what is gone, and records imported so far are recognised, "
+                f"not imported twice") from error
+
     def _accept(self, fields: dict[str, Any], source: str, pending: _Pending) -> None:
         record = self.validator.validate(fields)
         key = record.content_hash
@@ -204,7 +231,7 @@ class Ingest:
         else:
             pending.counts["imported"] += 1
             self.buffered_hashes.add(key)
-            data = {**record.data, HASH_FIELD: key, ID_FIELD: record.item_id, "labelloop_source": source}
+            data = {**record.data, HASH_FIELD: key, ID_FIELD: record.item_id, SOURCE_FIELD: source}
             meta = {"item_id": record.item_id, "source": source, "label": record.label,
                     "gold": record.label is not None and is_gold(key, self.spec.annotation.gold_fraction)}
             self.buffer.append({"data": data, "meta": meta})
@@ -217,24 +244,32 @@ class Ingest:
             batch, self.buffer = self.buffer[:size], self.buffer[size:]
             self._import(batch)
 
-    def _flush_if_full(self) -> list[dict[str, Any]]:
+    def _flush_if_full(self) -> None:
         """Import full batches; objects are finished only when nothing of theirs is left unsent."""
         self._import_full_batches()
-        return [] if self.buffer else self._finish_awaiting()
+        if not self.buffer:
+            self._finish_awaiting()
 
-    def _flush(self) -> list[dict[str, Any]]:
+    def _flush(self) -> None:
         if self.buffer:
             self._import(self.buffer)
             self.buffer = []
-        return self._finish_awaiting()
+        self._finish_awaiting()
 
-    def _finish_awaiting(self) -> list[dict[str, Any]]:
-        """Objects whose every record is now committed get their completion marker."""
-        entries = [self.state.finish_object(pending.obj, pending.counts) for pending in self.awaiting]
-        self.awaiting = []
-        return entries
+    def _finish_awaiting(self) -> None:
+        """Objects whose records are all sent get their completion marker once those batches are
+        committed: the import thread writes it after them (it runs its steps in order)."""
+        done, self.awaiting = self.awaiting, []
+        if done:
+            self._queue().submit(lambda: [self.state.finish_object(pending.obj, pending.counts) for pending in done])
+
+    def _queue(self) -> _ImportQueue:
+        if self.queue is None:
+            raise RuntimeError("batches are imported only inside Ingest.process")
+        return self.queue
 
     def _import(self, tasks: list[dict[str, Any]]) -> None:
+        """Pre-label and order a batch here, then queue its journaled import."""
         predictions = self.predictor([task["data"] for task in tasks]) if self.predictor else [None] * len(tasks)
         stratum = self.spec.annotation.stratify_by
         ordered = priorities([task["data"][HASH_FIELD] for task in tasks], predictions,
@@ -247,6 +282,12 @@ class Ingest:
             task["data"][PRIORITY_FIELD] = value
         seq = self.next_seq
         self.next_seq += 1
+        self._queue().submit(lambda: self._send(seq, tasks))
+
+    def _send(self, seq: int, tasks: list[dict[str, Any]]) -> None:
+        """On the import thread: pending marker, POST, commit (one batch in flight, as the journal
+        needs). The reading thread only tests membership in the sets this updates, which the GIL
+        keeps whole; a hash moves into the index before it leaves ``buffered_hashes``."""
         hashes = [task["data"][HASH_FIELD] for task in tasks]
         batch_id = self.state.begin_batch(seq, hashes)
         for task in tasks:
@@ -254,11 +295,57 @@ class Ingest:
         # Fresh: its pending marker was written just now, so no earlier attempt sent it.
         ids = self.hook.import_batch(self.project_id, tasks, batch_id, key_field=HASH_FIELD,
                                      batch_field=BATCH_FIELD, fresh=True)
-        sources = {task["data"][HASH_FIELD]: task["data"]["labelloop_source"] for task in tasks}
+        sources = {task["data"][HASH_FIELD]: task["data"][SOURCE_FIELD] for task in tasks}
         batch = self.state.commit_batch(seq, batch_id, {key: {"id": ids[key], "source": sources[key]} for key in ids})
         self._remember(batch)
         self.buffered_hashes.difference_update(hashes)
         log.info("batch %s: %d tasks imported", batch_id, len(tasks))
+
+
+class _ImportQueue:
+    """One thread that runs import steps in the order given, with at most ``ahead`` waiting
+    behind the running one (``submit`` blocks past that). A step that fails stops every step
+    after it, so no batch goes out after one whose outcome is unknown; its error is raised in
+    the caller at the next ``submit`` or at ``drain``."""
+
+    def __init__(self, ahead: int) -> None:
+        self.ahead = ahead
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelloop-import")
+        self.inflight: deque[Future[Any]] = deque()
+        self.results: list[Any] = []
+        self.failed: BaseException | None = None
+
+    def submit(self, step: Callable[[], Any]) -> None:
+        while len(self.inflight) > self.ahead:
+            self.wait_oldest()
+        self.inflight.append(self.pool.submit(self._run, step))
+
+    def wait_oldest(self) -> None:
+        """Block until the oldest step is done (re-raising its error)."""
+        self.results.append(self.inflight.popleft().result())
+
+    def drain(self) -> list[Any]:
+        """Wait for every step; their results in order."""
+        while self.inflight:
+            self.wait_oldest()
+        return self.results
+
+    def _run(self, step: Callable[[], Any]) -> Any:
+        if self.failed is not None:
+            raise RuntimeError("not run: an earlier import step failed") from self.failed
+        try:
+            return step()
+        except BaseException as error:
+            self.failed = error
+            raise
+
+    def __enter__(self) -> _ImportQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # On an error, the running step finishes (its batch is journaled either way) and the
+        # waiting ones are dropped: the run's next attempt settles and resumes from the journal.
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _LazyWriter:
