@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -63,12 +64,17 @@ LOCAL_PROCESS_KEYS = frozenset({
     "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT", "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT",
     # Spec files written while the stack runs (tests, a person editing one) show up in seconds.
     "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL",
+    # On one machine a task whose heartbeat is 30 s late is dead (no network in between): its retry
+    # starts in about a minute, where compose keeps Airflow's 5 minutes for containers on a network.
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT",
 })
+#: Seconds without a heartbeat after which the scheduler fails a task (and retries it).
+HEARTBEAT_TIMEOUT = 30
 
 PORTS = ("airflow", "labelstudio", "mlflow", "backend", "s3", "scheduler_health", "trigger_logs",
          *(f"worker{n}_logs" for n in range(1, WORKERS + 1)))
 SECRETS = (*(f"{name}_db_password" for name in DATABASES), "airflow_jwt_secret", "airflow_api_secret_key",
-           "airflow_admin_password", "labelstudio_token", "backend_token", "s3_access_key", "s3_secret_key")
+           "airflow_admin_password", "labelstudio_token", "backend_token", "s3_secret_key")
 
 
 def _secret(name: str) -> str:
@@ -162,9 +168,23 @@ class ProductionProfile:
         return f"{self.prefix}-worker{number}@{socket.gethostname()}"
 
     @property
+    def s3_access_key(self) -> str:
+        """The S3 access key id: a name, not a secret (every signed request and presigned URL
+        carries it, so the S3 server's access log does); its secret is ``secrets["s3_secret_key"]``."""
+        return f"{self.prefix}-labelloop"
+
+    def s3_client(self) -> Any:
+        """A boto3 S3 client of the profile's S3 API server."""
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.url("s3"), region_name="us-east-1",
+                            aws_access_key_id=self.s3_access_key,
+                            aws_secret_access_key=self.secrets["s3_secret_key"])
+
+    @property
     def s3_env(self) -> dict[str, str]:
         """How MLflow reaches the S3 API server (compose: MLFLOW_S3_ENDPOINT_URL + AWS_* for MinIO)."""
-        return {"MLFLOW_S3_ENDPOINT_URL": self.url("s3"), "AWS_ACCESS_KEY_ID": self.secrets["s3_access_key"],
+        return {"MLFLOW_S3_ENDPOINT_URL": self.url("s3"), "AWS_ACCESS_KEY_ID": self.s3_access_key,
                 "AWS_SECRET_ACCESS_KEY": self.secrets["s3_secret_key"], "AWS_DEFAULT_REGION": "us-east-1"}
 
     @property
@@ -177,7 +197,7 @@ class ProductionProfile:
             settings.LABELSTUDIO_CONN_ID: {"conn_type": "labelstudio", "host": self.url("labelstudio"),
                                            "password": self.secrets["labelstudio_token"]},
             settings.MLFLOW_CONN_ID: {"conn_type": "http", "host": self.url("mlflow")},
-            settings.AWS_CONN_ID: {"conn_type": "aws", "login": self.secrets["s3_access_key"],
+            settings.AWS_CONN_ID: {"conn_type": "aws", "login": self.s3_access_key,
                                    "password": self.secrets["s3_secret_key"],
                                    "extra": {"endpoint_url": self.url("s3"), "region_name": "us-east-1"}},
             settings.BACKEND_CONN_ID: {"conn_type": "http", "host": self.url("backend"), "login": "labelloop",
@@ -205,6 +225,7 @@ class ProductionProfile:
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self.ports["trigger_logs"]),
             "LABELLOOP_STORE": f"s3://{BUCKET}",
             settings.PROJECTS_DIR_ENV: str(self.projects_dir),
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT),
         }
         return airflow_env(self.state_dir, self.ports["airflow"], self.connections(), deployment)
 
@@ -363,11 +384,7 @@ class ProductionProfile:
             raise StackError(f"`airflow db migrate` failed (exit {done.returncode}). Last lines of {log}:\n{tail(log)}")
 
     def create_bucket(self) -> None:
-        import boto3
-
-        client = boto3.client("s3", endpoint_url=self.url("s3"), region_name="us-east-1",
-                              aws_access_key_id=self.secrets["s3_access_key"],
-                              aws_secret_access_key=self.secrets["s3_secret_key"])
+        client = self.s3_client()
         if BUCKET not in {bucket["Name"] for bucket in client.list_buckets().get("Buckets", [])}:
             client.create_bucket(Bucket=BUCKET)
 
@@ -428,6 +445,40 @@ class ProductionProfile:
         for server in reversed(servers):
             server.stop()
 
+    def worker_server(self, number: int) -> Server:
+        """Celery worker ``number`` (from 1); ``.start()`` brings a killed one back under the same name."""
+        return next(server for server in self.airflow_servers() if server.name == f"airflow-worker{number}")
+
+    def worker_of(self, pid: int) -> int | None:
+        """The number of the Celery worker whose processes include ``pid`` (a task instance's pid)."""
+        parents = {process.pid: process.ppid for process in processes()}
+        roots = {_pid_of(self.worker_server(n)): n for n in range(1, WORKERS + 1)}
+        while pid in parents and pid not in roots:
+            pid = parents[pid]
+        return roots.get(pid)
+
+    def kill_worker(self, number: int) -> list[int]:
+        """SIGKILL Celery worker ``number`` and every process under it, as when its container or
+        machine dies: the worker, its pool, each task's supervisor and task process (Airflow gives a
+        task process a process group of its own, so the worker's group alone would leave it running).
+
+        Everything is stopped first (a stopped process forks no more), then killed; returns once
+        all are gone (their ports free), with their pids."""
+        root = _pid_of(self.worker_server(number))
+        if root is None or root not in living():
+            raise StackError(f"worker {number} of the production profile is not running")
+        for pid in process_tree(root):
+            _signal(pid, signal.SIGSTOP)
+        killed = process_tree(root)
+        for pid in killed:
+            _signal(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while set(killed) & living():
+            if time.monotonic() > deadline:
+                raise StackError(f"worker {number}: processes {sorted(set(killed) & living())} outlived SIGKILL")
+            time.sleep(0.1)
+        return killed
+
     def rss_mib(self) -> dict[str, float]:
         """Resident memory of each server's whole process group (a server's forks included), MiB."""
         return {server.name: process_group_rss(pid) / 2**20 for server in self.servers()
@@ -485,17 +536,56 @@ def _pid_of(server: Server) -> int | None:
         return None
 
 
-def process_group_rss(pgid: int) -> int:
-    """Bytes resident in the processes of one process group (Linux /proc)."""
-    total = 0
+@dataclass(frozen=True)
+class Process:
+    """What the profile reads of one process's /proc/<pid>/stat."""
+
+    pid: int
+    state: str  # R, S, ...; Z: exited, not yet reaped
+    ppid: int
+    pgrp: int
+    rss: int  # bytes
+
+
+def processes() -> list[Process]:
+    """Every process of the machine (Linux /proc)."""
+    found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid:  # fields after the name: state, ppid, pgrp, ...
-                total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")  # rss in pages
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after the name: state, ppid, pgrp, ...
+            found.append(Process(int(stat.parent.name), fields[0], int(fields[1]), int(fields[2]),
+                                 int(fields[21]) * os.sysconf("SC_PAGE_SIZE")))  # rss in pages
         except (OSError, ValueError, IndexError):
             continue
-    return total
+    return found
+
+
+def living() -> set[int]:
+    """Pids of the processes that have not exited (a zombie has: it only waits to be reaped)."""
+    return {process.pid for process in processes() if process.state != "Z"}
+
+
+def process_group_rss(pgid: int) -> int:
+    """Bytes resident in the processes of one process group."""
+    return sum(process.rss for process in processes() if process.pgrp == pgid)
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and its descendants, parents before children."""
+    children: dict[int, list[int]] = {}
+    for process in processes():
+        children.setdefault(process.ppid, []).append(process.pid)
+    tree = [root]
+    for pid in tree:
+        tree += children.get(pid, [])
+    return tree
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def main(argv: list[str]) -> int:

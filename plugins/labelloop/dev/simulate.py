@@ -190,14 +190,19 @@ class SpanSkill:
     def of(cls, skill: Skill) -> SpanSkill:
         """From an accuracy ``a`` (miss and false span 1 - a, shift and confusion (1 - a) / 2), or
         ``{"miss": ..., "false_span": ..., "boundary_shift": ..., "confusion": ...}``."""
-        names = ("miss", "false_span", "boundary_shift", "confusion")
-        if isinstance(skill, int | float) and not isinstance(skill, bool):
-            error = 1 - _rate(skill, "an accuracy")
-            return cls(error, error, error / 2, error / 2)
-        if not isinstance(skill, Mapping):
-            raise ValueError(f"a spans skill is an accuracy or an object with {list(names)}, got {skill!r}")
-        _skill_fields(skill, names, "spans")
-        return cls(**{name: _rate(skill.get(name, 0.0), name) for name in names})
+        return cls(**error_rates(skill, ("miss", "false_span", "boundary_shift", "confusion"), "spans"))
+
+
+def error_rates(skill: Skill, names: Sequence[str], kind: str) -> dict[str, float]:
+    """A region annotator's rates by name: from an accuracy ``a`` (the first two 1 - a, the rest
+    (1 - a) / 2), or from an object of them (each 0-1, default 0); spans and boxes read theirs so."""
+    if isinstance(skill, int | float) and not isinstance(skill, bool):
+        error = 1 - _rate(skill, "an accuracy")
+        return dict(zip(names, (error, error, *[error / 2] * (len(names) - 2))))
+    if not isinstance(skill, Mapping):
+        raise ValueError(f"a {kind} skill is an accuracy or an object with {list(names)}, got {skill!r}")
+    _skill_fields(skill, names, kind)
+    return {name: _rate(skill.get(name, 0.0), name) for name in names}
 
 
 def words(text: str) -> list[tuple[int, int]]:
@@ -261,20 +266,26 @@ def submit(hook: LabelStudioHook, project_id: int, answers: Sequence[Answer], sp
            threads: int = 4) -> int:
     """Create each answer as an annotation by its user, skipping pairs already answered; returns how many.
 
-    One POST costs 0.1-0.25 s on SQLite, so a few threads share the wait.
+    One POST costs 0.1-0.25 s on SQLite, so a few threads share the wait, one task each: Label
+    Studio recounts a task's annotations inside each POST's transaction, so on Postgres two answers
+    to one task at once both count the other as missing and leave ``total_annotations`` (and maybe
+    ``is_labeled``) one short for good.
     """
     done = answered_pairs(hook, project_id)
-    todo = [answer for answer in answers if (answer[0], answer[1]) not in done]
+    todo: dict[int, list[Answer]] = {}
+    for answer in answers:
+        if (answer[0], answer[1]) not in done:
+            todo.setdefault(answer[0], []).append(answer)
     to_name = spec.object_name
 
-    def create(answer: Answer) -> None:
-        task_id, user_id, answered = answer
-        results = answered if isinstance(answered, list) else choice_result(spec.control_name, to_name, answered)
-        hook.create_annotation(task_id, results, completed_by=user_id, lead_time=lead_time(task_id, user_id))
+    def create(task_answers: list[Answer]) -> None:
+        for task_id, user_id, answered in task_answers:
+            results = answered if isinstance(answered, list) else choice_result(spec.control_name, to_name, answered)
+            hook.create_annotation(task_id, results, completed_by=user_id, lead_time=lead_time(task_id, user_id))
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(create, todo))
-    return len(todo)
+        list(pool.map(create, todo.values()))
+    return sum(map(len, todo.values()))
 
 
 def label_queue(hook: LabelStudioHook, spec: ProjectSpec, project_id: int, count: int,
