@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from labelloop import settings
 
 SLUG = r"^[a-z][a-z0-9_]{1,62}$"
+ENTRY_POINT = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 _ENV_REF = re.compile(r"\$\{(?P<name>[A-Z_][A-Z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 
 
@@ -33,6 +34,10 @@ class _Strict(BaseModel):
 
 
 FieldType = Literal["string", "integer", "number", "boolean"]
+ImageFormat = Literal["png", "jpeg", "webp", "gif", "bmp", "tiff"]
+IMAGE_FORMATS: tuple[str, ...] = ("png", "jpeg", "webp", "gif", "bmp", "tiff")
+#: Pillow refuses to open larger images as decompression bombs (2 x its MAX_IMAGE_PIXELS).
+IMAGE_PIXELS_CEILING = 178_956_970
 
 
 class DataField(_Strict):
@@ -49,11 +54,18 @@ class Source(_Strict):
 
     uri: str = Field(description="folder of raw objects: file:///..., s3://bucket/prefix/, ...")
     conn_id: str | None = Field(None, description="Airflow connection for the store (s3: aws_default)")
-    formats: list[Literal["jsonl", "json", "csv"]] = ["jsonl", "json", "csv"]
+    formats: list[Literal["jsonl", "json", "csv", "image"]] = Field(
+        ["jsonl", "json", "csv"], description="objects read, by suffix; image: each image object is one task")
     id_field: str | None = Field(None, description="record field holding the external item id")
     label_field: str | None = Field(None, description="record field holding a known label, if any")
     fields: dict[str, DataField]
     max_record_bytes: Annotated[int, Field(gt=0)] = 64 * 1024
+    image_formats: list[ImageFormat] = Field(
+        list(IMAGE_FORMATS), min_length=1, description="image formats accepted, judged by content, not by name")
+    max_image_pixels: Annotated[int, Field(gt=0, le=IMAGE_PIXELS_CEILING)] = Field(
+        50_000_000, description="larger images (width x height) are quarantined")
+    max_image_bytes: Annotated[int, Field(gt=0)] = Field(
+        50 * 1024 * 1024, description="larger image files are quarantined")
 
     @field_validator("uri")
     @classmethod
@@ -79,7 +91,7 @@ class Annotation(_Strict):
 class Quality(_Strict):
     """Thresholds of the audit's quality gate; each kind of audited control is held to its own
     (docs/spec.md lists which): choices to the first three, multichoice and spans to theirs,
-    every kind to min_consensus_confidence."""
+    rectangles to min_box_f1 and min_box_pair_f1, every kind to min_consensus_confidence."""
 
     min_gold_accuracy: Annotated[float, Field(ge=0, le=1)] = 0.8
     min_kappa: Annotated[float, Field(ge=-1, le=1)] = 0.6
@@ -92,9 +104,16 @@ class Quality(_Strict):
         0.7, description="spans: annotators' exact-span F1 on gold, pooled over their spans")
     min_span_f1: Annotated[float, Field(ge=0, le=1)] = Field(
         0.6, description="spans: exact-span F1 between annotators, pooled over pairs of answers")
+    min_box_f1: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.7, description="rectangles: annotators' box F1 at IoU >= 0.5 on gold, pooled over their boxes")
+    min_box_pair_f1: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.6, description="rectangles: box F1 at IoU >= 0.5 between annotators, pooled over pairs of answers")
     min_consensus_confidence: Annotated[float, Field(ge=0, le=1)] = 0.7
     spot_check_fraction: Annotated[float, Field(ge=0, le=1)] = 0.05
     consensus: Literal["majority", "dawid_skene"] = "dawid_skene"
+    comment_agreement: bool = Field(
+        False, description="also score agreement of the comment (TextArea) controls, by normalized edit distance; "
+                           "reported, not gated")
 
 
 class Model(_Strict):
@@ -105,14 +124,28 @@ class Model(_Strict):
         None, description="dotted path of a scikit-learn classifier with predict_proba placed after the "
                           "TF-IDF features (one per label for a multiple choice); default: calibrated linear "
                           "SVM. Spans train spaCy's beam_ner: no estimator")
-    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for `estimator`; for "
-                                   "spans: epochs, dropout, batch_size, beam_width, seed")
+    trainer: str | None = Field(
+        None, description="rectangles: the detector's trainer, `module:function` (docs/model.md#bring-your-own-"
+                          "detector); imported when retraining runs, never at DAG parse")
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for `estimator` (for "
+                                   "rectangles: for `trainer`); for spans: epochs, dropout, batch_size, "
+                                   "beam_width, seed")
     require_approval: bool = Field(False, description="promotion waits for a person in Airflow's Required Actions")
-    metric: Literal["accuracy", "macro_f1", "micro_f1", "exact_match", "span_f1"] | None = Field(
+    metric: Literal["accuracy", "macro_f1", "micro_f1", "exact_match", "span_f1", "box_f1"] | None = Field(
         None, description="what promotion compares on gold; default per kind: macro_f1 (choices, multiple "
-                          "choices), span_f1 (micro exact-span F1, spans)")
+                          "choices), span_f1 (micro exact-span F1, spans), box_f1 (micro F1 at IoU >= 0.5, "
+                          "rectangles)")
     promotion_margin: Annotated[float, Field(ge=0, le=1)] = 0.005
     min_score: Annotated[float, Field(ge=0, le=1)] = 0.8
+
+    @field_validator("trainer")
+    @classmethod
+    def _entry_point(cls, trainer: str | None) -> str | None:
+        """The shape only: the module is imported by the retrain task, not at DAG parse."""
+        if trainer is not None and not ENTRY_POINT.fullmatch(trainer):
+            raise ValueError(f"{trainer!r} is not an entry point; write module.path:function "
+                             f"(e.g. mypkg.detect:train)")
+        return trainer
 
 
 class Collect(_Strict):
@@ -121,6 +154,9 @@ class Collect(_Strict):
 
     full_every: Annotated[int, Field(ge=1, description="runs between full reconciliation exports (1: every "
                                      "run exports the whole project)")] = 24
+    watch_seconds: Annotated[float | None, Field(gt=0, description="poll Label Studio this often for new or "
+                                                 "changed annotations and collect when there are (null: "
+                                                 "only after ingest and on the cron)")] = 60.0
 
 
 class Schedules(_Strict):
@@ -145,8 +181,9 @@ class ProjectSpec(_Strict):
     description: str = ""
     labeling_config: Path = Field(description="XML file, relative to the spec's include/ folder")
     guidelines: Path | None = Field(None, description="Markdown file shown as the project's instructions")
-    control_name: str = Field(description="name of the audited control (from_name): a Choices or a Labels tag")
-    labels: list[str] = Field(min_length=2)
+    control_name: str = Field(description="name of the audited control (from_name): a Choices, Labels or "
+                              "RectangleLabels tag")
+    labels: list[str] = Field(min_length=1, description="at least two, except for boxes (one kind is enough)")
     source: Source
     storage_uri: str = Field(description="where manifests, quarantine, summaries and snapshots go")
     import_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 1000
@@ -193,11 +230,48 @@ class ProjectSpec(_Strict):
                 f"model: control {self.control_name!r} of {self.labeling_config} is a {config.kind} control "
                 f"({config.describe}); labelloop trains no pre-label model for it, so remove the model section"
             )
+        if self.model is not None and self.task_type.needs_trainer != (self.model.trainer is not None):
+            raise ValueError(
+                f"model.trainer: control {self.control_name!r} is a {config.kind} control ({config.describe}); "
+                + ("its model is your own detector: name its trainer as model.trainer: module.path:function "
+                   "(docs/model.md#bring-your-own-detector)" if self.task_type.needs_trainer else
+                   "labelloop trains its model itself, so remove trainer (model.estimator and model.params tune it)")
+            )
+        self._images_agree()
         stratum = self.annotation.stratify_by
         if stratum is not None and stratum not in self.source.fields:
             raise ValueError(f"annotation.stratify_by names {stratum!r}, which is not one of source.fields "
                              f"{sorted(self.source.fields)}; add it there or pick one of those")
         return self
+
+    def _images_agree(self) -> None:
+        """Image objects carry nothing but the image: every other field must be optional."""
+        if len(set(self.source.image_formats)) != len(self.source.image_formats):
+            raise ValueError(f"source.image_formats repeats a value: {self.source.image_formats}")
+        scheme = self.source.uri.split("://", 1)[0]
+        if self.image_field is not None and scheme not in ("s3", "file"):
+            raise ValueError(f"source.uri {self.source.uri}: image tasks are served by Label Studio from s3:// "
+                             f"(a connected bucket) or file:// (its local files), not {scheme}://")
+        if "image" not in self.source.formats:
+            return
+        if self.image_field is None:
+            raise ValueError(f"source.formats has image, but labeling_config {self.labeling_config} has no "
+                             f"<Image value=\"$field\"> tag to show it in; add one or remove image")
+        if self.source.fields[self.image_field].type != "string":
+            raise ValueError(f"source.fields.{self.image_field} holds the image's URI: its type must be string")
+        required = sorted(name for name, rule in self.source.fields.items()
+                          if rule.required and name != self.image_field)
+        if required:
+            raise ValueError(f"source.formats has image, and an image object carries only the image, but "
+                             f"source.fields {required} are required; set required: false (a manifest "
+                             f"may still give them)")
+
+    @cached_property
+    def image_field(self) -> str | None:
+        """The task field holding the image (the ``$variable`` of the config's ``<Image>``), if any."""
+        root = ElementTree.fromstring(self.labeling_config_xml)
+        value = next((tag.get("value", "") for tag in root.iter("Image")), "")
+        return value[1:] if value.startswith("$") else None
 
     @property
     def base_dir(self) -> Path:
@@ -224,6 +298,17 @@ class ProjectSpec(_Strict):
 
         controls = read_controls(self.labeling_config_xml, str(self.labeling_config), kinds=LOOP_KINDS)
         return next(t for t in controls if t.control.name == self.control_name)
+
+    @cached_property
+    def audited_types(self) -> list[Any]:
+        """Every control the audit scores, as task types: ``control_name`` first (the one the
+        pre-label model learns and routing reviews), then the others in config order (each
+        audited and gated on its own); comments are listed, not audited."""
+        from labelloop.tasktypes import read_controls
+
+        others = [t for t in read_controls(self.labeling_config_xml, str(self.labeling_config), kinds=LOOP_KINDS)
+                  if t.kind != "comment" and t.control.name != self.control_name]
+        return [self.task_type, *others]
 
     @property
     def object_name(self) -> str:
@@ -252,16 +337,16 @@ class ProjectSpec(_Strict):
 
 #: The task types the loop carries (ingest, collect, audit, review); comments (a TextArea) are
 #: collected verbatim and listed in the report, not audited.
-LOOP_KINDS = ("choices", "multichoice", "spans", "comment")
+LOOP_KINDS = ("choices", "multichoice", "spans", "rectangles", "comment")
 
 
 @dataclass(frozen=True)
 class LabelingConfig:
-    """What the loop needs from a labeling config: its one control, read by ``tasktypes``.
+    """What the loop needs from a labeling config: the audited control, read by ``tasktypes``.
 
     Everything the loop cannot carry through every stage is refused here, at parse time,
     naming the tag and what is supported: a control the loop would silently drop or flatten
-    (boxes, a second audited control) must never reach ingest.
+    must never reach ingest. Other loop controls beside it are audited too (``audited_types``).
     """
 
     labels: list[str]
@@ -282,11 +367,6 @@ class LabelingConfig:
         if control.kind == "comment":
             raise ValueError(f"{where}: control_name {control_name!r} is a comment {control.describe()}, which is "
                              f"listed, not audited; name the choices or labels control instead")
-        others = [t.control.describe() for t in controls if t.control is not control and t.kind != "comment"]
-        if others:
-            raise ValueError(f"{where}: {', '.join(others)} besides {control.describe()}: the loop audits "
-                             f"one control per project today, so a second control's answers would be dropped; "
-                             f"remove it or move it to a project of its own")
         root = ElementTree.fromstring(xml)
         variables = {tag.get("value", "")[1:] for tag in root.iter() if tag.get("value", "").startswith("$")}
         return cls(list(control.labels), control.to_name, variables, control.kind, control.describe())
@@ -298,6 +378,9 @@ def _read_relative(base: Path, path: Path, field: str) -> str:
         return full.read_text(encoding="utf-8")
     except OSError as error:
         raise ValueError(f"{field}: cannot read {full} ({error.strerror}); give a path relative to {base}")
+    except ValueError as error:  # a NUL in the path, a file that is not UTF-8
+        raise ValueError(f"{field}: cannot read {str(full)!r} ({error}); give the path of a UTF-8 text file "
+                         f"relative to {base}") from None
 
 
 def expand_env(value: Any, where: str = "") -> Any:
@@ -323,11 +406,30 @@ def expand_env(value: Any, where: str = "") -> Any:
     return _ENV_REF.sub(substitute, value)
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error: PyYAML
+    keeps the last silently, so a second ``quality:`` section would replace the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str):
+                continue  # not a spec field: validation names it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark, f"found the key {key!r} twice: keep one",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_spec(path: Path) -> ProjectSpec:
     """Load and validate one spec; every failure names the file."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as error:
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_SpecLoader)  # noqa: S506 (a SafeLoader)
+    except Exception as error:  # noqa: BLE001 - PyYAML's constructors raise more than YAMLError on bad
+        # scalars (``!!timestamp bad``: AttributeError; an integer of over 4,300 digits: ValueError)
         raise SpecError(f"{path}: not readable YAML: {error}") from error
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: expected a mapping of spec fields at the top level")
@@ -337,6 +439,9 @@ def load_spec(path: Path) -> ProjectSpec:
         raise SpecError(f"{path}: {error}") from None
     except ValidationError as error:
         raise SpecError(f"{path}: {_describe(error)}") from None
+    except RecursionError:
+        raise SpecError(f"{path}: a YAML alias (*name) refers to the mapping or list that contains it; "
+                        f"a spec is a tree: write the value out") from None
 
 
 def _describe(error: ValidationError) -> str:

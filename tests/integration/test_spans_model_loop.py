@@ -107,6 +107,26 @@ def prediction_of(task: Any, model_version: str) -> dict[str, Any]:
     return prediction
 
 
+def assert_queue_ordered_by_uncertainty(spec: Any, unlabeled: list[Any], model_version: str) -> None:
+    """After the refresh the queue's head is the new champion's most uncertain tasks: each rescored
+    task outside the random share has priority generation + 1 - its prediction's score, and the
+    head ranks before every task an earlier generation scored."""
+    from labelloop.model.retrain import queue_generation
+    from labelloop.ordering import in_random_share
+    from labelloop.taskdata import HASH_FIELD, PRIORITY_FIELD
+
+    generation = queue_generation(spec)
+    head = [task for task in unlabeled if task.data[PRIORITY_FIELD] >= generation]
+    modelled = [task for task in head if not in_random_share(task.data[HASH_FIELD], spec.annotation.random_share)]
+    assert generation == 1 and modelled, (generation, len(head))
+    for task in modelled:
+        expected = round(generation + 1 - prediction_of(task, model_version)["score"], 6)
+        assert task.data[PRIORITY_FIELD] == pytest.approx(expected, abs=2e-6), task.id
+    rest = [task.data[PRIORITY_FIELD] for task in unlabeled if task not in head]
+    assert not rest or max(rest) < min(task.data[PRIORITY_FIELD] for task in head)
+    print(f"{spec.name}: queue head of {len(head)} ({len(modelled)} by uncertainty) ordered by the champion")
+
+
 def run_stages(run_dag: Any, path: Path, *stages: str) -> None:
     for stage in stages:
         assert run_dag(path, stage).state == "success", stage
@@ -176,6 +196,7 @@ def test_spans_loop_trains_promotes_and_prelabels(run_dag, labelstudio_hook, mlf
         marked += bool(prediction["result"])
     print(f"spans: {marked} of {len(unlabeled)} unlabeled tasks pre-labeled with spans")
     assert marked >= len(unlabeled) // 2
+    assert_queue_ordered_by_uncertainty(spec, unlabeled, wanted)
 
     # The backend that started before any model serves the champion's spans, without a restart.
     wait_until(lambda: served_version(server.url) == wanted, 60, f"the backend to serve {wanted}")
@@ -248,6 +269,7 @@ def test_multilabel_loop_trains_promotes_and_prelabels(run_dag, labelstudio_hook
             assert result["type"] == "choices" and result["from_name"] == "entity_types"
             assert set(result["value"]["choices"]) <= set(spec.labels)
         sets.append([label for result in prediction["result"] for label in result["value"]["choices"]])
+    assert_queue_ordered_by_uncertainty(spec, unlabeled, wanted)
     several = sum(len(chosen) >= 2 for chosen in sets)
     print(f"multi-label: macro-F1 {score:.3f} on gold; {several} of {len(sets)} pre-labels with several labels; "
           f"{time.perf_counter() - started:.0f} s")

@@ -3,7 +3,12 @@
 A task type names its learner (``TaskType.learner_class``); retrain, prelabel and the backend
 call ``task_type.learner()`` and never branch on the kind. Every learner works on tidy frames:
 ``item_id``, ``text`` and the task type's answer columns (an all-NA row is the answer
-"nothing"), the same rows the audit's consensus and the gold set are made of.
+"nothing"), the same rows the audit's consensus and the gold set are made of. ``text`` is the
+value of the control's object in the task data: the text, or an image's URI.
+
+A learner logs its model with ``flavor``'s ``log_model``, unless it defines
+``log_model(fitted, registered_model_name, train) -> ModelInfo`` itself (the detector does:
+the project brings its own kind of model).
 
 A prediction's ``score`` is the model's probability of the whole answer it predicts (the
 label, the set of labels, the set of spans), so the labeling queue's uncertainty is

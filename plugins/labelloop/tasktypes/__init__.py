@@ -55,8 +55,9 @@ def read_controls(xml: str, where: str = "labeling config", kinds: tuple[str, ..
             raise InputError(f"{where}: {described} on <{target.tag}> is not supported; supported: "
                              f"{supported(kinds)}")
         labels = tuple(child.get("value", "") for child in tag if child.tag in {"Choice", "Label"})
-        if task_type.needs_labels and len(labels) < 2:
-            raise InputError(f"{where}: {described} offers {len(labels)} value(s); give it at least two")
+        if task_type.needs_labels and len(labels) < task_type.min_labels:
+            least = {1: "one", 2: "two"}.get(task_type.min_labels, str(task_type.min_labels))
+            raise InputError(f"{where}: {described} offers {len(labels)} value(s); give it at least {least}")
         found.append(task_type(Control(
             tag=tag.tag, name=name, to_name=to_name, labels=labels, attributes=dict(tag.attrib),
             object_tag=target.tag, object_field=target.get("value", "")[1:], kind=task_type.kind)))

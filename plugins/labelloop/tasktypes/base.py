@@ -60,9 +60,14 @@ class TaskType:
     columns: ClassVar[tuple[str, ...]]
     #: whether the control must offer at least two values (TextArea offers none)
     needs_labels: ClassVar[bool] = True
+    #: how many values it must offer then (one kind of box is a whole label set: "pedestrian")
+    min_labels: ClassVar[int] = 2
     #: "module:Class" of this type's pre-label learner (``labelloop.model.learner.Learner``);
     #: None when the loop trains no model for it. Imported only by the model stages.
     learner_class: ClassVar[str | None] = None
+    #: whether that learner trains the spec's own ``model.trainer`` (bring your own model)
+    #: rather than one labelloop builds; the spec requires the one and refuses the other
+    needs_trainer: ClassVar[bool] = False
 
     @classmethod
     def accepts(cls, tag: ElementTree.Element, object_tag: str) -> bool:
@@ -172,7 +177,7 @@ class TaskType:
         """The report's sections of this control; ``history`` (earlier audits) where the type plots it."""
         return self.report_sections(metrics)
 
-    # -- simulated annotators (labelloop.simulate) -------------------------------------------
+    # -- simulated annotators (labelloop.dev.simulate) -------------------------------------------
     def simulation_skill(self, skill: Any) -> Any:
         """A simulated annotator's skill for this kind, as a person wrote it (an accuracy, or a JSON
         object of the kind), checked and ready for ``simulate``; ``ValueError`` says what is accepted."""

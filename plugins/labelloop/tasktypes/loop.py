@@ -28,8 +28,9 @@ NOTHING = "(nothing)"
 class LoopAudit:
     """One control's audit as the loop keeps it.
 
-    ``consensus``: tidy rows of each item's final answer (item_id and the type's columns; gold
-    and adjudicated items carry those answers); ``items``: item_id, confidence, source (gold,
+    ``consensus``: tidy rows of each item's final answer (item_id and the type's columns, and
+    ``confidence`` per row where the type's consensus has one; gold and adjudicated items carry
+    those answers, confidence 1); ``items``: item_id, confidence, source (gold,
     adjudicated or consensus), one row per answered item; ``metrics``: JSON-ready, with the
     review picks under ``review`` (spot_check, low_confidence, n_disagreements)."""
 
@@ -71,11 +72,15 @@ def overridden(task_type: TaskType, audit: Any, gold: pd.DataFrame | None,
     consensus = audit.consensus
     if reviewed:
         given = adjudicated[adjudicated["item_id"].isin(reviewed)].drop(columns="annotator_id", errors="ignore")
+        if "confidence" in consensus.columns:  # a reviewer's answer is as sure as gold
+            given = given.assign(confidence=1.0)
         consensus = pd.concat([consensus[~consensus["item_id"].isin(reviewed)], given], ignore_index=True)
     for source, hit in (("adjudicated", reviewed), ("gold", gold_items)):
         chosen = items["item_id"].isin(hit)
         items.loc[chosen, ["confidence", "source"]] = [1.0, source]
-    consensus = consensus[["item_id", *task_type.columns, *(["text"] if "text" in consensus.columns else [])]]
+    # Besides the answer: the text a span covers, and the confidence of each row (a box's).
+    extra = [column for column in ("text", "confidence") if column in consensus.columns]
+    consensus = consensus[["item_id", *task_type.columns, *extra]]
     return consensus.reset_index(drop=True), items
 
 
@@ -144,6 +149,18 @@ def below(annotators: list[dict[str, Any]], score: str, threshold: float, count:
     low = [f"{row['annotator_id']} {row[score]:.2f} (n={row[count]})" for row in annotators
            if row.get(score) is not None and row[score] < threshold]
     return f"annotators below it: {', '.join(low)}" if low else ""
+
+
+def pooled_gold_f1(metrics: dict[str, Any], what: str, threshold_name: str, threshold: float, matched: str,
+                   drawn: tuple[str, str]) -> dict[str, Any]:
+    """The gate check of the annotators' F1 on gold, pooled over what they and the gold marked
+    (spans, boxes): 2 * Σ ``matched`` / Σ (``drawn[0]`` + ``drawn[1]``), naming who is below it."""
+    annotators = metrics["annotators"]
+    if metrics["gold"] is None:
+        return check(what, threshold_name, None, threshold, "no labelled gold items")
+    value = ratio(2 * sum(row[matched] or 0 for row in annotators),
+                  sum((row[drawn[0]] or 0) + (row[drawn[1]] or 0) for row in annotators))
+    return check(what, threshold_name, value, threshold, below(annotators, "f1", threshold, "n_items"))
 
 
 def pooled_gold_accuracy(annotators: list[dict[str, Any]]) -> float | None:

@@ -155,18 +155,13 @@ class Spans(TaskType):
                 for start, end, label in draw_spans(rng, skill, spans, text, self.control.labels)]
 
     def gate_checks(self, metrics: dict[str, Any], quality: Any) -> list[dict[str, Any]]:
-        from .loop import below, check, ratio
+        from .loop import check, pooled_gold_f1
 
-        annotators = metrics["annotators"]
-        matched = sum(row["exact_matches"] or 0 for row in annotators)
-        marked = sum((row["n_spans"] or 0) + (row["n_gold_spans"] or 0) for row in annotators)
-        gold_note = ("no labelled gold items" if metrics["gold"] is None
-                     else below(annotators, "f1", quality.min_gold_f1, "n_items"))
         agreement = metrics["agreement"]
         pair_note = "" if agreement.get("exact_f1") is not None else "no two annotators marked spans on a shared item"
         return [
-            check("annotators' exact-span F1 on gold", "min_gold_f1",
-                  None if metrics["gold"] is None else ratio(2 * matched, marked), quality.min_gold_f1, gold_note),
+            pooled_gold_f1(metrics, "annotators' exact-span F1 on gold", "min_gold_f1", quality.min_gold_f1,
+                           "exact_matches", ("n_spans", "n_gold_spans")),
             check("pairwise exact-span F1", "min_span_f1", agreement.get("exact_f1"), quality.min_span_f1, pair_note),
             check("mean consensus confidence", "min_consensus_confidence", metrics["consensus"]["mean_confidence"],
                   quality.min_consensus_confidence),
