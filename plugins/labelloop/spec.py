@@ -315,6 +315,11 @@ class ProjectSpec(_Strict):
         """The object tag the control labels (to_name in results)."""
         return LabelingConfig.parse(self.labeling_config_xml, self.control_name).to_name
 
+    @property
+    def object_field(self) -> str:
+        """The task data field that object shows (its ``value="$field"``): what models read."""
+        return self.task_type.control.object_field
+
     @cached_property
     def control_names(self) -> list[str]:
         """Every control of the labeling config (collect keeps each one's results verbatim)."""

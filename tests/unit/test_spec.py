@@ -1,6 +1,7 @@
 """A wrong spec fails with a message naming the file, the field and what is accepted."""
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -109,3 +110,29 @@ def test_every_loop_control_is_audited_the_models_first(make_spec, tmp_path: Pat
     spec = load_spec(rewrite(make_spec, lambda raw: raw.update(labeling_config=str(config))))
     assert [(t.control.name, t.kind) for t in spec.audited_types] == [("label", "choices"), ("ner", "spans")]
     assert spec.task_type is spec.audited_types[0] and spec.comment_controls == ["note"]
+
+
+def test_models_read_the_objects_data_field_not_its_tag_name(make_spec, tmp_path: Path) -> None:
+    """<Text name="body" value="$text">: results say to_name "body"; the model reads data["text"]."""
+    from labelloop.model.prelabel import predictions
+
+    config = tmp_path / "config.xml"
+    choices = CHOICES.replace('toName="text"', 'toName="body"')
+    config.write_text(f'<View><Text name="body" value="$text"/>{choices}</View>')
+    spec = load_spec(rewrite(make_spec, lambda raw: raw.update(labeling_config=str(config))))
+    assert (spec.object_name, spec.object_field) == ("body", "text")
+
+    class Seen:
+        """A stand-in model that records what it was asked (the real learners are tested elsewhere)."""
+        classes_ = ["ham", "spam"]
+
+        def predict_proba(self, texts: list[str]) -> Any:
+            import numpy as np
+
+            self.texts = list(texts)
+            return np.array([[0.2, 0.8] for _ in texts])
+
+    model = Seen()
+    (prediction,) = predictions(spec, model, "m:1", [{"text": "WIN a prize"}])
+    assert model.texts == ["WIN a prize"]
+    assert prediction["result"][0]["to_name"] == "body"

@@ -92,7 +92,7 @@ def task_type_of(spec: ProjectSpec) -> TaskType:
 def predictions(spec: ProjectSpec, model: Any, model_version: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Label Studio predictions of the spec's control for task data rows; score = the model's
     probability of the predicted answer (the queue's uncertainty is 1 - score)."""
-    texts = [str(row.get(spec.object_name, "")) for row in rows]
+    texts = [str(row.get(spec.object_field, "")) for row in rows]
     return [{"model_version": model_version, "score": prelabel.score, "result": prelabel.result}
             for prelabel in task_type_of(spec).learner().predict(model, texts)]
 

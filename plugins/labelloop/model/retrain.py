@@ -46,7 +46,7 @@ def training_sets(spec: ProjectSpec, consensus: pd.DataFrame, tasks: pd.DataFram
     An item trains when all its consensus rows are trusted: adjudicated, or consensus at or
     above the confidence floor (a span item is kept or dropped whole: dropping one doubtful
     span would teach the model that there is nothing there)."""
-    tasks = tasks.assign(text=_texts(tasks, spec.object_name))
+    tasks = tasks.assign(text=_texts(tasks, spec.object_field))
     gold = tasks[tasks["gold_label"].notna()]
     evaluation = gold_rows(spec, gold).reset_index(drop=True)
     trusted = (consensus["source"] == "adjudicated") | (

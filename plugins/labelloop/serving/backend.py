@@ -320,7 +320,7 @@ def create_app(settings: Settings, champion: Champion | None = None) -> FastAPI:
         loaded = champion.current  # one model for the whole batch, even if the alias moves now
         if loaded is None:
             raise HTTPException(503, f"cannot predict: {champion.problem}")
-        results = [result for chunk in chunks_of_text(rows, spec.object_name, PREDICT_CHUNK_CHARS)
+        results = [result for chunk in chunks_of_text(rows, spec.object_field, PREDICT_CHUNK_CHARS)
                    for result in predictions(spec, loaded.model, loaded.model_version, chunk)]
         return JSONResponse({"results": results, "model_version": loaded.model_version})
 
@@ -354,7 +354,7 @@ def task_rows(spec: ProjectSpec, tasks: list[Task], max_tasks: int) -> list[dict
     if len(tasks) > max_tasks:
         raise HTTPException(413, f"{len(tasks)} tasks in one request; at most {max_tasks} "
                                  f"({MAX_TASKS_ENV}): send smaller batches")
-    field = spec.object_name  # the key labelloop.model.prelabel.predictions reads
+    field = spec.object_field  # the key labelloop.model.prelabel.predictions reads
     bad = [f"#{index} (id {task.id})" for index, task in enumerate(tasks)
            if not isinstance(task.data.get(field), str)]
     if bad:
@@ -380,9 +380,9 @@ def max_text_length(spec: ProjectSpec) -> tuple[int, str]:
     The field's ``max_length`` is what ingest lets through; without one, no record ingest
     accepts (``source.max_record_bytes``, 64 KiB by default) can hold a longer text.
     """
-    field = spec.source.fields.get(spec.object_name)
+    field = spec.source.fields.get(spec.object_field)
     if field is not None and field.max_length is not None:
-        return field.max_length, f"source.fields.{spec.object_name}.max_length"
+        return field.max_length, f"source.fields.{spec.object_field}.max_length"
     return spec.source.max_record_bytes, "source.max_record_bytes"
 
 
