@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import pendulum
 from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, task
 
+from labelloop.layout import LATEST_SNAPSHOT, MANIFEST, PRELABELS, QUALITY_PASSED, asset_uri
 from labelloop.spec import ProjectSpec, SpecError, load_specs
 
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
@@ -56,19 +57,19 @@ def project_dag(spec: ProjectSpec, stage: str, *, description: str, schedule: An
 
 def tasks_asset(spec: ProjectSpec) -> Asset:
     """Updated whenever ingest adds tasks to the project; collect listens to it."""
-    return Asset(name=f"labelloop__{spec.name}__tasks", uri=f"{spec.storage_uri}/ingest/manifest.json",
+    return Asset(name=f"labelloop__{spec.name}__tasks", uri=asset_uri(spec, MANIFEST),
                  group="labelloop")
 
 
 def annotations_asset(spec: ProjectSpec) -> Asset:
     """Updated by every collect run (a new annotation table snapshot); audit listens to it."""
-    return Asset(name=f"labelloop__{spec.name}__annotations", uri=f"{spec.storage_uri}/collect/latest.json",
+    return Asset(name=f"labelloop__{spec.name}__annotations", uri=asset_uri(spec, LATEST_SNAPSHOT),
                  group="labelloop")
 
 
 def quality_passed_asset(spec: ProjectSpec) -> Asset:
     """Updated only when an audit passes the quality gate; retraining listens to it."""
-    return Asset(name=f"labelloop__{spec.name}__quality_passed", uri=f"{spec.storage_uri}/audit/passed.json",
+    return Asset(name=f"labelloop__{spec.name}__quality_passed", uri=asset_uri(spec, QUALITY_PASSED),
                  group="labelloop")
 
 
@@ -90,12 +91,14 @@ def setup_dag(spec: ProjectSpec) -> DAG:
         @task
         def ensure_project(spec_path: str) -> dict[str, Any]:
             from labelloop.hooks.labelstudio import LabelStudioHook
+            from labelloop.ingest.images import connect_image_storage
             from labelloop.project import connect_backend
             from labelloop.project import ensure_project as ensure
 
-            hook = LabelStudioHook()
-            project_id, created = ensure(hook, _load(spec_path))
-            return {"project_id": project_id, "created": created, "ml_backend": connect_backend(hook, project_id)}
+            hook, spec = LabelStudioHook(), _load(spec_path)
+            project_id, created = ensure(hook, spec)
+            return {"project_id": project_id, "created": created, "ml_backend": connect_backend(hook, project_id),
+                    "image_storage": connect_image_storage(hook, spec, project_id)}
 
         ensure_project(str(spec.spec_path))
     return dag
@@ -167,12 +170,26 @@ def ingest_dag(spec: ProjectSpec) -> DAG:
     return dag
 
 
+def labeled_asset(spec: ProjectSpec) -> Asset:
+    """Updated by the triggerer when people annotated in Label Studio (``collect.watch_seconds``):
+    an ``AssetWatcher`` polls the project, no webhook needed; collect listens to it."""
+    from airflow.sdk import AssetWatcher
+
+    from labelloop.triggers.labelstudio import LabelStudioAnnotationsChangedTrigger
+
+    trigger = LabelStudioAnnotationsChangedTrigger(title=spec.title, poll_interval=spec.collect.watch_seconds)
+    return Asset(name=f"labelloop__{spec.name}__labeled", group="labelloop",
+                 watchers=[AssetWatcher(name=f"labelloop__{spec.name}__annotations_watch", trigger=trigger)])
+
+
 def _collect_schedule(spec: ProjectSpec) -> Any:
-    """After every ingest that added tasks, and on the spec's cron (people annotate in between)."""
+    """After every ingest that added tasks, when people annotated (the watched asset), and on the
+    spec's cron: the fallback, should the triggerer be down."""
+    assets = tasks_asset(spec) if spec.collect.watch_seconds is None else tasks_asset(spec) | labeled_asset(spec)
     if spec.schedules.collect is None:
-        return tasks_asset(spec)
+        return assets
     return AssetOrTimeSchedule(timetable=CronTriggerTimetable(spec.schedules.collect, timezone="UTC"),
-                               assets=tasks_asset(spec))
+                               assets=assets)
 
 
 def collect_dag(spec: ProjectSpec) -> DAG:
@@ -230,11 +247,13 @@ def audit_dag(spec: ProjectSpec) -> DAG:
         def audit(spec_path: str, **context: Any) -> dict[str, Any]:
             from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-            from labelloop.audit.run import NothingToAudit, audit_latest
+            from labelloop.audit.run import NothingToAudit, audit_latest, review_project_url
+            from labelloop.hooks.labelstudio import LabelStudioHook
             from labelloop.quality import InputError
 
+            project = _load(spec_path)
             try:
-                outcome = audit_latest(_load(spec_path), context["run_id"])
+                outcome = audit_latest(project, context["run_id"], review_project_url(project, LabelStudioHook()))
             except NothingToAudit as reason:
                 raise AirflowSkipException(str(reason)) from None
             except InputError as error:  # the data, not the weather: retrying cannot help
@@ -278,17 +297,14 @@ def audit_dag(spec: ProjectSpec) -> DAG:
 
 def prelabels_asset(spec: ProjectSpec) -> Asset:
     """Updated when the project's pre-labels were refreshed for a new champion."""
-    return Asset(name=f"labelloop__{spec.name}__prelabels", uri=f"{spec.storage_uri}/model/prelabels.json",
+    return Asset(name=f"labelloop__{spec.name}__prelabels", uri=asset_uri(spec, PRELABELS),
                  group="labelloop")
 
 
 def _tracking_uri() -> str:
-    from labelloop.model.prelabel import tracking_uri
+    from labelloop.model.prelabel import required_tracking_uri
 
-    uri = tracking_uri()
-    if uri is None:
-        raise RuntimeError("retraining needs the mlflow_default connection (host = MLflow tracking URI)")
-    return uri
+    return required_tracking_uri()
 
 
 @fails_without_retry

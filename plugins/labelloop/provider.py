@@ -45,13 +45,15 @@ def get_provider_info() -> dict[str, Any]:
         "name": "labelloop",
         "description": "Human-in-the-loop annotation on `Label Studio <https://labelstud.io/>`__: "
                        "the ``labelstudio`` connection type, its hook, operators to import tasks, "
-                       "export and audit annotations, and a deferrable wait for annotations.",
+                       "export (deferrable) and audit annotations, a deferrable wait for annotations, "
+                       "a trigger that watches a project for new annotations, and a quality-gate notifier.",
         "versions": [__version__],
         "integrations": [{"integration-name": INTEGRATION, "external-doc-url": "https://labelstud.io/guide/",
                           "tags": ["service"]}],
         "hooks": _modules("hooks.labelstudio"),
-        "operators": _modules("operators.labelstudio", "operators.audit"),
+        "operators": _modules("operators.labelstudio", "operators.audit", "operators.model"),
         "triggers": _modules("triggers.labelstudio"),
+        "notifications": ["labelloop.notifications.quality.QualityGateNotifier"],
         "extra-links": ["labelloop.operators.links.LabelStudioProjectLink"],
         "connection-types": [{
             "connection-type": "labelstudio",

@@ -84,6 +84,14 @@ def tracking_uri(conn_id: str = settings.MLFLOW_CONN_ID) -> str | None:
     return url_of(conn)
 
 
+def required_tracking_uri() -> str:
+    """The tracking URI for a stage that cannot run without MLflow (retrain, promote, refresh)."""
+    uri = tracking_uri()
+    if uri is None:
+        raise RuntimeError(f"this task needs the {settings.MLFLOW_CONN_ID} connection (host = MLflow tracking URI)")
+    return uri
+
+
 def task_type_of(spec: ProjectSpec) -> TaskType:
     """The task type of the spec's control: what the model stages train and predict through."""
     return spec.task_type

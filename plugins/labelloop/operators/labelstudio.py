@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseOperator
 
@@ -18,7 +18,10 @@ from labelloop import settings
 from labelloop.factory import fails_without_retry
 from labelloop.operators.base import SpecOperator
 from labelloop.operators.links import LabelStudioProjectLink
-from labelloop.triggers.labelstudio import COUNTED, LabelStudioAnnotationsTrigger
+from labelloop.triggers.labelstudio import COUNTED, LabelStudioAnnotationsTrigger, LabelStudioExportTrigger
+
+if TYPE_CHECKING:
+    from labelloop.hooks.labelstudio import LabelStudioHook
 
 
 class LabelStudioImportOperator(SpecOperator):
@@ -65,23 +68,77 @@ class LabelStudioImportOperator(SpecOperator):
 class LabelStudioExportOperator(SpecOperator):
     """Snapshot the project's annotations (and its review project's) into Parquet tables under
     ``<storage_uri>/collect/`` (the collect DAG's ``collect``); returns the snapshot's manifest.
-    ``full=True`` asks for a full reconciliation now, whatever the spec's collect settings say."""
+    ``full=True`` asks for a full reconciliation now, whatever the spec's collect settings say.
+
+    ``deferrable=True`` (the default): an export snapshot Label Studio has not built within
+    ``grace`` seconds is waited for by ``LabelStudioExportTrigger`` in the triggerer (one status call
+    per ``poll_interval``), so the worker slot is free meanwhile; the task resumes and writes the
+    snapshot (``labelloop.operators.exports``); ``export_timeout`` bounds each such wait.
+    ``deferrable=False`` waits in the worker (up to ``LabelStudioHook.wait_export``'s 30 minutes).
+    """
 
     operator_extra_links = (LabelStudioProjectLink(),)
     ui_color = "#ffe3cc"
 
-    def __init__(self, *, full: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *, full: bool = False, deferrable: bool = True, grace: float = 5.0,
+                 poll_interval: float = 5.0, export_timeout: timedelta = timedelta(minutes=30),
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if grace < 0 or poll_interval <= 0:
+            raise ValueError(f"{self.task_id}: grace ({grace!r}) must be >= 0 and poll_interval "
+                             f"({poll_interval!r}) > 0 seconds")
         self.full = full
+        self.deferrable = deferrable
+        self.grace = grace
+        self.poll_interval = poll_interval
+        self.export_timeout = export_timeout
 
     @fails_without_retry
     def execute(self, context: Any) -> dict[str, Any]:
+        if not self.deferrable:
+            return self._collect(context, self.hook)
+        return self._collect_or_defer(context, [])
+
+    @fails_without_retry
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None,
+                         started: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Resumed by the trigger: a built snapshot lets collect go on; anything else fails the task."""
+        from airflow.sdk.exceptions import AirflowException
+
+        from labelloop.operators.exports import ResumableExports
+
+        if not event or event.get("status") != "success":
+            ResumableExports(started=started, labelstudio_conn_id=self.labelstudio_conn_id).clean_up()
+            raise AirflowException(f"{self.task_id}: {(event or {}).get('message', f'no event (got {event!r})')}")
+        return self._collect_or_defer(context, started or [])
+
+    def _collect_or_defer(self, context: Any, started: list[dict[str, Any]]) -> dict[str, Any]:
+        from labelloop.operators.exports import ExportPending, ResumableExports
+
+        hook = ResumableExports(started=started, grace=self.grace, labelstudio_conn_id=self.labelstudio_conn_id)
+        try:
+            result = self._collect(context, hook)
+        except ExportPending as pending:
+            self.log.info("%s; deferring to the triggerer", pending)
+            self.defer(trigger=LabelStudioExportTrigger(
+                project_id=pending.pending["project_id"], export_id=pending.pending["export_id"],
+                poll_interval=self.poll_interval, labelstudio_conn_id=self.labelstudio_conn_id,
+                deadline=time.time() + self.export_timeout.total_seconds()),
+                method_name="execute_complete", kwargs={"started": pending.started},
+                timeout=self.export_timeout)
+        except BaseException:
+            hook.clean_up()
+            raise
+        hook.clean_up()
+        return result
+
+    def _collect(self, context: Any, hook: LabelStudioHook) -> dict[str, Any]:
         from labelloop.collect.snapshot import collect
 
-        result = collect(self.load_spec(), self.hook, context["run_id"],
-                         context["dag_run"].run_after.isoformat(), full=self.full)
+        result = collect(self.load_spec(), hook, context["run_id"],
+                         context["dag_run"].run_after.isoformat(), full=bool(self.full))
         if result["project_id"] is not None:
-            LabelStudioProjectLink.persist(context, self.hook.project_url(result["project_id"]))
+            LabelStudioProjectLink.persist(context, hook.project_url(result["project_id"]))
         self.log.info("snapshot %s: %s -> %s", result["run"], result["counts"], result["uri"])
         return result
 

@@ -1,22 +1,30 @@
-"""Wait for people to annotate, in the triggerer: one cheap Label Studio call per poll.
+"""Wait on Label Studio from the triggerer: one cheap Label Studio call per poll, no worker held.
 
-Each poll reads one project (``GET /api/projects/<id>``) and its counters: ``task_number``,
-``num_tasks_with_annotations`` (tasks with at least one annotation) and ``finished_task_number``
-(tasks with every answer the project asks for). No task list, no export.
+- ``LabelStudioAnnotationsTrigger`` reads one project (``GET /api/projects/<id>``) and its counters:
+  ``task_number``, ``num_tasks_with_annotations`` (tasks with at least one annotation) and
+  ``finished_task_number`` (tasks with every answer the project asks for). No task list, no export.
+- ``LabelStudioExportTrigger`` reads one export snapshot's status until Label Studio built it.
+- ``LabelStudioAnnotationsChangedTrigger`` (an ``AssetWatcher``'s) reads a one-task page of the
+  project's task list, newest change first: its totals and the latest ``updated_at`` change whenever
+  an annotation is created, changed or deleted, so collect can run when people labeled something.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from airflow.triggers.base import BaseEventTrigger, BaseTrigger, TriggerEvent
 
 from labelloop import settings
 
+log = logging.getLogger(__name__)
 #: What ``count`` may name -> the project counter it reads.
 COUNTED = {"annotated": "num_tasks_with_annotations", "finished": "finished_task_number"}
 #: Answers that no later poll can change: fail the wait at once instead of polling on.
@@ -33,6 +41,61 @@ def progress(project: Any, count: str, min_annotated: int | None, min_share: flo
     target = max(wanted)
     return {"project_id": int(project.id), "tasks": tasks, "counted": counted, "count": count,
             "target": target, "reached": tasks > 0 and counted >= target}
+
+
+def classpath(trigger: BaseTrigger) -> str:
+    return f"{type(trigger).__module__}.{type(trigger).__qualname__}"
+
+
+def error(message: str) -> TriggerEvent:
+    return TriggerEvent({"status": "error", "message": message})
+
+
+async def poll(conn_id: str, where: str, interval: float,
+               call: Callable[[Any], Awaitable[Any]]) -> AsyncIterator[Any]:
+    """Yield ``call(client)``'s answer every ``interval`` seconds, with the async SDK client.
+
+    A lasting failure (no connection, a 4xx that no later poll changes) is yielded as an error
+    ``TriggerEvent`` and ends the polling; network failures and 5xx answers are logged and polled
+    through. The caller decides from each answer whether to stop.
+    """
+    import httpx
+    from airflow.sdk import BaseHook
+    from label_studio_sdk import AsyncLabelStudio
+    from label_studio_sdk.core.api_error import ApiError
+
+    from labelloop.hooks.labelstudio import CONNECT_TIMEOUT, base_url_of
+
+    try:
+        conn = await BaseHook.aget_connection(conn_id)
+        base_url = base_url_of(conn, conn_id)
+    except Exception as failure:  # no such connection (AirflowNotFoundException), or no host/token
+        yield error(f"{where}: {type(failure).__name__}: {failure}")
+        return
+    # The SDK exchanges a personal access token for an access token itself (a sync call, made
+    # once per token lifetime); a legacy token is sent as is.
+    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=CONNECT_TIMEOUT)) as http:
+        client = AsyncLabelStudio(base_url=base_url, api_key=conn.password, httpx_client=http, max_retries=0)
+        while True:
+            try:
+                answer = await call(client)
+            except ApiError as failure:
+                if failure.status_code in FINAL_STATUS:
+                    yield error(f"Label Studio at {base_url} answered {failure.status_code} for {where}: "
+                                f"{failure.body}. Check the ids and the connection's API token.")
+                    return
+                log.warning("Label Studio at %s answered %s for %s; polling on", base_url,
+                            failure.status_code, where)
+            except httpx.TransportError as failure:
+                log.warning("Label Studio at %s unreachable for %s (%s: %s); polling on", base_url,
+                            where, type(failure).__name__, failure)
+            else:
+                yield answer
+            await asyncio.sleep(interval)
+
+
+def overdue(deadline: float | None) -> bool:
+    return deadline is not None and time.time() >= deadline
 
 
 class LabelStudioAnnotationsTrigger(BaseTrigger):
@@ -58,55 +121,146 @@ class LabelStudioAnnotationsTrigger(BaseTrigger):
         self.labelstudio_conn_id = labelstudio_conn_id
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (f"{type(self).__module__}.{type(self).__qualname__}", {
+        return (classpath(self), {
             "project_id": self.project_id, "min_annotated": self.min_annotated, "min_share": self.min_share,
             "count": self.count, "poll_interval": self.poll_interval,
             "labelstudio_conn_id": self.labelstudio_conn_id, "deadline": self.deadline,
         })
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        import httpx
-        from airflow.sdk import BaseHook
-        from label_studio_sdk import AsyncLabelStudio
-        from label_studio_sdk.core.api_error import ApiError
-
-        from labelloop.hooks.labelstudio import CONNECT_TIMEOUT, base_url_of
-
         where = f"project {self.project_id} (connection {self.labelstudio_conn_id!r})"
-        try:
-            conn = await BaseHook.aget_connection(self.labelstudio_conn_id)
-            base_url = base_url_of(conn, self.labelstudio_conn_id)
-        except Exception as error:  # no such connection (AirflowNotFoundException), or no host/token
-            yield TriggerEvent({"status": "error", "message": f"{where}: {type(error).__name__}: {error}"})
-            return
-        # The SDK exchanges a personal access token for an access token itself (a sync call, made
-        # once per token lifetime); a legacy token is sent as is.
-        async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=CONNECT_TIMEOUT)) as http:
-            client = AsyncLabelStudio(base_url=base_url, api_key=conn.password, httpx_client=http, max_retries=0)
-            while True:
-                try:
-                    project = await client.projects.get(self.project_id)
-                except ApiError as error:
-                    if error.status_code in FINAL_STATUS:
-                        yield TriggerEvent({"status": "error", "message": (
-                            f"Label Studio at {base_url} answered {error.status_code} for {where}: "
-                            f"{error.body}. Check the project id and the connection's API token.")})
-                        return
-                    self.log.warning("Label Studio at %s answered %s for %s; polling on", base_url,
-                                     error.status_code, where)
-                except httpx.TransportError as error:
-                    self.log.warning("Label Studio at %s unreachable for %s (%s: %s); polling on", base_url,
-                                     where, type(error).__name__, error)
-                else:
-                    state = progress(project, self.count, self.min_annotated, self.min_share)
-                    if state.pop("reached"):
-                        yield TriggerEvent({"status": "success", **state})
-                        return
-                    self.log.info("project %s: %s of %s tasks %s, waiting for %s", self.project_id,
-                                  state["counted"], state["tasks"], self.count, state["target"])
-                    if self.deadline is not None and time.time() >= self.deadline:
-                        yield TriggerEvent({"status": "error", "message": (
-                            f"{where}: {state['counted']} of {state['tasks']} tasks {self.count} when the wait "
-                            f"timed out; it waited for {state['target']}")})
-                        return
-                await asyncio.sleep(self.poll_interval)
+        async with aclosing(poll(self.labelstudio_conn_id, where, self.poll_interval,
+                                 lambda client: client.projects.get(self.project_id))) as answers:
+            async for answer in answers:
+                if isinstance(answer, TriggerEvent):
+                    yield answer
+                    return
+                state = progress(answer, self.count, self.min_annotated, self.min_share)
+                if state.pop("reached"):
+                    yield TriggerEvent({"status": "success", **state})
+                    return
+                self.log.info("project %s: %s of %s tasks %s, waiting for %s", self.project_id,
+                              state["counted"], state["tasks"], self.count, state["target"])
+                if overdue(self.deadline):
+                    yield error(f"{where}: {state['counted']} of {state['tasks']} tasks {self.count} when the wait "
+                                f"timed out; it waited for {state['target']}")
+                    return
+
+
+class LabelStudioExportTrigger(BaseTrigger):
+    """Fires once Label Studio has built export snapshot ``export_id`` of project ``project_id``.
+
+    Yields ``{"status": "success", "project_id", "export_id"}``, or ``{"status": "error", ...}``
+    when the snapshot failed, Label Studio refuses for good, or ``deadline`` (epoch seconds) passes.
+    """
+
+    def __init__(self, project_id: int, export_id: int, poll_interval: float = 5.0,
+                 labelstudio_conn_id: str = settings.LABELSTUDIO_CONN_ID, deadline: float | None = None) -> None:
+        super().__init__()
+        self.project_id = project_id
+        self.export_id = export_id
+        self.poll_interval = poll_interval
+        self.labelstudio_conn_id = labelstudio_conn_id
+        self.deadline = deadline
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (classpath(self), {
+            "project_id": self.project_id, "export_id": self.export_id, "poll_interval": self.poll_interval,
+            "labelstudio_conn_id": self.labelstudio_conn_id, "deadline": self.deadline,
+        })
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        where = (f"export snapshot {self.export_id} of project {self.project_id} "
+                 f"(connection {self.labelstudio_conn_id!r})")
+        def status(client: Any) -> Awaitable[Any]:
+            return client.projects.exports.get(self.project_id, self.export_id)
+
+        async with aclosing(poll(self.labelstudio_conn_id, where, self.poll_interval, status)) as answers:
+            async for answer in answers:
+                if isinstance(answer, TriggerEvent):
+                    yield answer
+                    return
+                status = str(answer.status or "")
+                if status == "completed":
+                    yield TriggerEvent({"status": "success", "project_id": self.project_id,
+                                        "export_id": self.export_id})
+                    return
+                if status == "failed":
+                    yield error(f"{where} failed; see the Label Studio server log")
+                    return
+                if overdue(self.deadline):
+                    yield error(f"{where} is still {status or 'pending'} at the deadline")
+                    return
+                self.log.info("%s is %s", where, status or "pending")
+
+
+#: The Data Manager query of a one-task page holding the project's most recently changed task.
+LATEST_CHANGE_QUERY = json.dumps({"ordering": ["-tasks:updated_at"]})
+
+
+def fingerprint(page: Any) -> dict[str, Any]:
+    """What changes whenever an annotation is created, changed or deleted: the project's totals and
+    its newest task ``updated_at`` (Label Studio stamps the task on every annotation change)."""
+    answer = page.response
+    latest = (answer.tasks or [None])[0]
+    updated = getattr(latest, "updated_at", None) if latest is not None else None
+    return {"tasks": int(answer.total or 0), "annotations": int(answer.total_annotations or 0),
+            "updated_at": updated.isoformat() if hasattr(updated, "isoformat") else updated}
+
+
+class LabelStudioAnnotationsChangedTrigger(BaseEventTrigger):
+    """For an ``AssetWatcher``: yields an event each time the project titled ``title`` changed.
+
+    Each poll is one call, a one-task page of the project's task list newest change first
+    (``fingerprint``); an event carries the new fingerprint. The first poll after a start only
+    records where the project stands (a change made while no triggerer ran is left to the cron
+    fallback). No webhooks: nothing is lost when Label Studio fails to deliver one. A project not
+    created yet, a refused token or a network failure are logged and polled through: a watcher
+    must keep watching.
+    """
+
+    def __init__(self, title: str, poll_interval: float = 60.0,
+                 labelstudio_conn_id: str = settings.LABELSTUDIO_CONN_ID) -> None:
+        super().__init__()
+        self.title = title
+        self.poll_interval = poll_interval
+        self.labelstudio_conn_id = labelstudio_conn_id
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (classpath(self), {"title": self.title, "poll_interval": self.poll_interval,
+                                  "labelstudio_conn_id": self.labelstudio_conn_id})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        where = f"project {self.title!r} (connection {self.labelstudio_conn_id!r})"
+        project_id: int | None = None
+
+        async def look(client: Any) -> Any:
+            nonlocal project_id
+            if project_id is None:  # found once; a project made later is found on a later poll
+                pager = await client.projects.list(title=self.title, page_size=100)
+                titled = sorted([project.id async for project in pager if project.title == self.title])
+                if not titled:
+                    return None
+                project_id = titled[0]  # the oldest, should there be twins
+            return await client.tasks.list(project=project_id, fields="task_only", page_size=1,
+                                           query=LATEST_CHANGE_QUERY)
+
+        seen: dict[str, Any] | None = None
+        while True:
+            async with aclosing(poll(self.labelstudio_conn_id, where, self.poll_interval, look)) as answers:
+                async for answer in answers:
+                    if isinstance(answer, TriggerEvent):  # a lasting refusal: say so, then try again later
+                        self.log.warning("%s", answer.payload["message"])
+                        break
+                    if answer is None:
+                        self.log.info("%s does not exist yet", where)
+                        continue
+                    now = fingerprint(answer)
+                    if seen is None:
+                        self.log.info("watching %s (id %s) for annotations: %s", where, project_id, now)
+                    elif now != seen:
+                        self.log.info("%s changed: %s", where, now)
+                        yield TriggerEvent({"project_id": project_id, **now})
+                    seen = now
+            project_id = None
+            await asyncio.sleep(self.poll_interval)
