@@ -138,12 +138,12 @@ def test_a_stage_killed_midway_completes_once_on_retry(
     child = start_stage("collect", path, "manual__collect", out, run_after="2026-12-01T10:00:00+00:00")
     kill_when(child, lambda: held.used == 1 and bool(exports(hook, project_id)), "the export downloading")
     assert collected(spec, "manual__collect") is None and not latest_path(root).exists()  # nothing claimed
-    left_behind = len(exports(hook, project_id))  # the killed worker could not delete its export
+    assert len(exports(hook, project_id)) == 1  # the killed worker could not delete its export
     proxy.clear()
     first = collect(spec, hook, "manual__collect", "2026-12-01T10:00:00+00:00")  # Airflow's retry
     assert first["latest"] and (first["counts"]["labelled_tasks"], first["counts"]["annotations"]) == (80, 240)
     assert read_json(latest_path(root), None)["run"] == "manual__collect"
-    assert len(exports(hook, project_id)) == left_behind == 1
+    assert exports(hook, project_id) == []  # the retry deleted the killed attempt's export, then its own
 
     # Audit and routing, killed after the review import landed but before routing recorded it.
     proxy.delay(HOLD, path=IMPORT, method="POST", after_forward=True)

@@ -496,6 +496,7 @@ class LabelStudioHook(BaseHook):
         are the same, at a cost that follows the number of selected tasks. The start time is the
         server's clock, so a watermark taken from it does not depend on the worker's.
         """
+        self._delete_leftovers(project_id, title)
         view_id = None if filters is None else int(self.client.views.create(
             project=project_id, data={"title": title, "filters": filters}).id)
         try:
@@ -509,6 +510,17 @@ class LabelStudioHook(BaseHook):
         finally:
             if view_id is not None:
                 self._delete_quietly("view", lambda: self.client.views.delete(id=view_id))
+
+    def _delete_leftovers(self, project_id: int, title: str) -> None:
+        """An attempt killed mid-export (SIGKILL runs no ``finally``) leaves its snapshot and view
+        behind; titles are per run, so the next attempt of the run finds and deletes them."""
+        for export in self.client.projects.exports.list(project_id):
+            if export.title == title:
+                self._delete_quietly("export", lambda export=export: self.client.projects.exports.delete(
+                    project_id, export.id))
+        for view in self.client.views.list(project=project_id):
+            if (view.data or {}).get("title") == title:
+                self._delete_quietly("view", lambda view=view: self.client.views.delete(id=view.id))
 
     def _delete_quietly(self, what: str, delete: Any) -> None:
         try:
