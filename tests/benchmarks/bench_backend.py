@@ -16,8 +16,14 @@ Studio sends (``TaskSimpleSerializer``: id, data, meta, annotations, predictions
 SMS texts drawn at random; a few warm-up requests are not counted. Latency is client-side
 wall time per request (send to parsed JSON); predictions/s = tasks answered / total time of
 the timed requests. ``/setup`` (which Label Studio calls before every batch) is timed too.
-The request count is bounded (``--requests`` per batch size), so a run takes about a minute
-plus the servers' start-up (~30 s).
+The request count is bounded (``--requests`` per batch size), so this part takes about a
+minute plus the servers' start-up (~30 s); the load cases add ``2 * --seconds``.
+
+Then load (``--clients`` concurrent clients, each its own keep-alive connection, posting
+one-task ``/predict`` requests back to back for ``--seconds``): latency percentiles, errors and
+requests/s, first with MLflow up, then with the MLflow server stopped (the backend must keep
+serving the champion it loaded, say so in ``/health`` as ``registry_error``, and answer within
+the same bounds). ``--clients 0`` leaves the load cases out.
 """
 
 from __future__ import annotations
@@ -28,8 +34,10 @@ import random
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +49,7 @@ sys.path.insert(0, str(REPO / "plugins"))
 from labelloop.dev.stack import backend_server  # noqa: E402
 from labelloop.spec import Model, load_spec  # noqa: E402
 from labelloop.dev.stack import free_port, mlflow_server  # noqa: E402
+from measure import report_targets  # noqa: E402
 
 SMS = REPO / "include" / "demo" / "sms-spam" / "messages.jsonl"
 SPEC = REPO / "include" / "projects" / "sms_spam.yaml"
@@ -55,7 +64,7 @@ def register_champion(tracking_uri: str, model: Model, records: list[dict[str, A
     from labelloop.model.registry import log_candidate, move_champion
     from labelloop.model.train import fit
 
-    frame = pd.DataFrame(records)[["text", "label"]]
+    frame = pd.DataFrame(records).rename(columns={"id": "item_id"})[["item_id", "text", "label"]]
     train, evaluation = frame.iloc[len(frame) // 10:], frame.iloc[: len(frame) // 10]
     mlflow.set_tracking_uri(tracking_uri)
     with warnings.catch_warnings():
@@ -95,12 +104,41 @@ def timed(client: httpx.Client, method: str, path: str, body: Any, count: int, w
     return latencies
 
 
+def under_load(url: str, body: Any, clients: int, seconds: float) -> tuple[list[float], int]:
+    """``clients`` threads, each with its own connection, posting ``body()`` until ``seconds`` pass:
+    the latencies of the answered requests and how many failed (an error status or no answer)."""
+    deadline = time.monotonic() + seconds
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+
+    def client_loop(_: int) -> None:
+        with httpx.Client(base_url=url, auth=httpx.BasicAuth("labelloop", TOKEN), timeout=30) as client:
+            while time.monotonic() < deadline:
+                payload = body()
+                started = time.perf_counter()
+                try:
+                    client.post("/predict", json=payload).raise_for_status()
+                    elapsed = time.perf_counter() - started
+                    with lock:
+                        latencies.append(elapsed)
+                except httpx.HTTPError:
+                    with lock:
+                        errors[0] += 1
+
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        list(pool.map(client_loop, range(clients)))
+    return latencies, errors[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=200, help="timed requests per batch size")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--batch-sizes", default="1,100", help="tasks per request, comma-separated")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--clients", type=int, default=20, help="concurrent clients of the load cases (0: none)")
+    parser.add_argument("--seconds", type=float, default=60, help="length of each load case")
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.batch_sizes.split(",")]
     rng = random.Random(args.seed)
@@ -127,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
             raw = raw.replace("labeling_config: labeling/", f"labeling_config: {REPO}/include/labeling/")
             raw = raw.replace("guidelines: guidelines/", f"guidelines: {REPO}/include/guidelines/")
             (projects / "sms_spam.yaml").write_text(raw)
-            backend = backend_server(state, free_port(), spec.name, TOKEN, mlflow.url, projects_dir=projects)
+            # A 2 s registry poll: the outage case sees /health report it within seconds.
+            backend = backend_server(state, free_port(), spec.name, TOKEN, mlflow.url, projects_dir=projects,
+                                     poll_seconds=2)
             started = time.monotonic()
             backend.start()
             with httpx.Client(base_url=backend.url, auth=httpx.BasicAuth("labelloop", TOKEN),
@@ -137,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"backend serving {name}:{version} {time.monotonic() - started:.1f} s after start\n",
                       flush=True)
                 rows = []
+                load_rows: list[tuple[str, list[float], int, float, bool]] = []
                 setup = timed(client, "POST", "/setup", {"project": "1.1", "schema": spec.labeling_config_xml},
                               args.requests, args.warmup)
                 rows.append(("/setup", "-", len(setup), setup, None))
@@ -148,18 +189,49 @@ def main(argv: list[str] | None = None) -> int:
                     latencies = timed(client, "POST", "/predict", body, args.requests, args.warmup)
                     rows.append(("/predict", str(size), len(latencies), latencies,
                                  size * len(latencies) / sum(latencies)))
+                if args.clients:
+                    def one() -> dict[str, Any]:
+                        return {"tasks": [task(1, rng.choice(texts))], "project": "1.1",
+                                "label_config": spec.labeling_config_xml, "params": {"context": None}}
+
+                    for case in ("MLflow up", "MLflow stopped"):
+                        if case == "MLflow stopped":
+                            mlflow.stop()
+                            while "registry_error" not in (health := client.get("/health").json()):
+                                time.sleep(0.5)
+                            print(f"MLflow stopped; /health: {health}", flush=True)
+                        latencies, errors = under_load(backend.url, one, args.clients, args.seconds)
+                        health = client.get("/health").json()
+                        served = health["model_version"] == f"{name}:{version}"
+                        load_rows.append((case, latencies, errors, args.seconds, served))
         finally:
             if backend is not None:
                 backend.stop()
             mlflow.stop()
 
-    print("| endpoint | tasks/request | requests | p50 ms | p99 ms | mean ms | predictions/s |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| endpoint | tasks/request | requests | p50 ms | p95 ms | p99 ms | mean ms | predictions/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for endpoint, size, count, latencies, rate in rows:
         print(f"| `{endpoint}` | {size} | {count} | {percentile(latencies, 50) * 1000:.1f} | "
-              f"{percentile(latencies, 99) * 1000:.1f} | {statistics.mean(latencies) * 1000:.1f} | "
-              f"{f'{rate:,.0f}' if rate else '-'} |")
-    return 0
+              f"{percentile(latencies, 95) * 1000:.1f} | {percentile(latencies, 99) * 1000:.1f} | "
+              f"{statistics.mean(latencies) * 1000:.1f} | {f'{rate:,.0f}' if rate else '-'} |")
+    if not load_rows:
+        return 0
+    print(f"\n{args.clients} concurrent clients, one-task `/predict`, {args.seconds:.0f} s each:\n")
+    print("| case | requests | errors | p50 ms | p95 ms | p99 ms | requests/s | champion still served |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    for case, latencies, errors, seconds, served in load_rows:
+        print(f"| {case} | {len(latencies)} | {errors} | {percentile(latencies, 50) * 1000:.1f} | "
+              f"{percentile(latencies, 95) * 1000:.1f} | {percentile(latencies, 99) * 1000:.1f} | "
+              f"{len(latencies) / seconds:,.0f} | {'yes' if served else 'NO'} |")
+    up, down = load_rows[0], load_rows[-1]
+    return report_targets([
+        ("no request failed under load, MLflow up or stopped", all(row[2] == 0 for row in load_rows)),
+        ("the champion is still served with MLflow stopped", down[4]),
+        (f"p99 with MLflow stopped within 2x the p99 with it up + 50 ms "
+         f"({percentile(down[1], 99) * 1000:.0f} vs {percentile(up[1], 99) * 1000:.0f} ms)",
+         percentile(down[1], 99) <= 2 * percentile(up[1], 99) + 0.05),
+    ])
 
 
 if __name__ == "__main__":
