@@ -31,8 +31,11 @@ from tests.conftest import REPO, TOKEN
 SCREENSHOTS = Path(os.environ.get("LABELLOOP_SCREENSHOTS_DIR", REPO / ".state" / "screenshots"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """One chromium per module, and Playwright stopped after it: its sync API keeps an asyncio loop
+    running in this thread while it lives, and every later asyncio.run() (triggers, s3fs, the
+    SDK's async client) would fail with "cannot be called from a running event loop"."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
