@@ -134,18 +134,19 @@ def audit_latest(spec: ProjectSpec, run_id: str, review_url: str | None = None) 
         )
 
     result = audit_control(task_type, answers)
-    others = {other.control.name: (other, audit_control(other, other_answers))
-              for other in spec.audited_types[1:]
-              if (other_answers := control_answers(tables["annotations"], other, data))["annotator_id"].nunique() > 1}
     control = task_type.control
     metrics = {**result.metrics, "control": {"name": control.name, "kind": control.kind, "tag": control.tag},
                "comments": comments(tables["annotations"], comment_types(spec))}
-    if len(spec.audited_types) > 1:  # each other control's own metrics (one with < 2 annotators: not audited)
-        metrics["controls"] = {other.control.name: {"kind": other.kind, "tag": other.control.tag,
-                                                    **(others[other.control.name][1].metrics
-                                                       if other.control.name in others else
-                                                       {"not_audited": "fewer than two annotators answered it"})}
-                               for other in spec.audited_types[1:]}
+    # Every other audited control on its own; one that fewer than two annotators answered is listed.
+    others: dict[str, tuple[TaskType, LoopAudit]] = {}
+    for other in spec.audited_types[1:]:
+        name, other_answers = other.control.name, control_answers(tables["annotations"], other, data)
+        own = {"kind": other.kind, "tag": other.control.tag}
+        if other_answers["annotator_id"].nunique() > 1:
+            others[name] = (other, audit_control(other, other_answers))
+            metrics.setdefault("controls", {})[name] = {**own, **others[name][1].metrics}
+        else:
+            metrics.setdefault("controls", {})[name] = {**own, "not_audited": "fewer than two annotators answered it"}
     if spec.quality.comment_agreement:
         metrics["comment_agreement"] = text_agreement(metrics["comments"])
     gate = evaluate_gate(metrics, spec.quality, task_type,
@@ -156,7 +157,8 @@ def audit_latest(spec: ProjectSpec, run_id: str, review_url: str | None = None) 
         local = Path(tmp)
         (local / "metrics.json").write_text(metrics_json(metrics), encoding="utf-8")
         heading = RunHeading(spec.title, datetime.now(UTC), run, gate, review_url)
-        (local / "report.html").write_text(report_html(task_type, metrics, history, heading, spec.audited_types[1:]), encoding="utf-8")
+        report = report_html(task_type, metrics, history, heading, spec.audited_types[1:])
+        (local / "report.html").write_text(report, encoding="utf-8")
         pq.write_table(consensus_table(task_type, result, tables["tasks"]), local / "consensus.parquet")
         for name, (other, audit) in others.items():  # the model's control keeps consensus.parquet
             pq.write_table(consensus_table(other, audit, tables["tasks"]), local / f"consensus.{name}.parquet")
