@@ -205,8 +205,9 @@ class _Relay(BaseHTTPRequestHandler):
                 if rule.action == "fail":
                     return self._finish(method, path, fault, self._send(_Answer(
                         rule.status, "", list(rule.headers.items()), rule.body), method))
-                if rule.action == "drop":
-                    return self._finish(method, path, fault, self._hang_up())
+                if rule.action == "drop":  # recorded first: the client may ask again before this thread ends
+                    self._finish(method, path, fault, None)
+                    return self._hang_up()
                 time.sleep(rule.seconds)
             answer = self._forward(method, body)
             if answer is None:
@@ -217,7 +218,8 @@ class _Relay(BaseHTTPRequestHandler):
             elif rule and rule.action == "fail":
                 answer = _Answer(rule.status, "", list(rule.headers.items()), rule.body)
             elif rule and rule.action == "drop":
-                return self._finish(method, path, fault, self._send_half(answer, method))
+                self._finish(method, path, fault, None if method == "HEAD" or not answer.body else answer.status)
+                return self._send_half(answer, method)
             elif rule and rule.action == "delay":
                 time.sleep(rule.seconds)
             rate = rule.rate if rule and rule.action == "slow" else 0
