@@ -27,7 +27,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from labelloop.ingest.readers import MID_BOM, OTHER_COMPRESSIONS, TOO_DEEP, format_of, read_records
+from labelloop.ingest.readers import GZIP_MAGIC, MID_BOM, OTHER_COMPRESSIONS, TOO_DEEP, format_of, read_records
 from labelloop.ingest.validate import InvalidRecord, RecordValidator
 from labelloop.layout import run_key
 from labelloop.spec import ProjectSpec, SpecError, load_spec
@@ -357,7 +357,8 @@ def test_any_mix_of_hostile_jsonl_lines_ends_once_each(lines: list[bytes], endin
     payload = ending.join(line.replace(b"\n", b" ").replace(b"\r", b" ") for line in lines)
     expected = [number for number, line in enumerate(payload.split(b"\n"), start=1) if line.strip()]
     records = list(read_records(io.BytesIO(payload), "jsonl", LIMIT))
-    if any(magic.match(payload) for magic, _ in OTHER_COMPRESSIONS.values()):  # binary that starts like a zip
+    if payload.startswith(GZIP_MAGIC) or any(magic.match(payload) for magic, _ in OTHER_COMPRESSIONS.values()):
+        # an object that starts like gzip (read as gzip: corrupt, one record says so) or another compression
         expected = [1]
     assert [record.line for record in records] == expected
     for reason in outcomes(payload, "jsonl", VALIDATORS["sms_spam"]):
