@@ -34,21 +34,26 @@ def frame(rows: list[tuple]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-@pytest.fixture(scope="module")
-def pedestrians() -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The real crowd boxes and expert gold (Branson et al. 2017) as box frames."""
+def read_pedestrians(folder: Path = PEDESTRIANS) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The real crowd boxes and expert gold (Branson et al. 2017) as box frames, rows in
+    the file's order (the plain majority rule depends on it)."""
     rows = []
-    for line in (PEDESTRIANS / "crowd_boxes.jsonl").read_text().splitlines():
+    for line in (folder / "crowd_boxes.jsonl").read_text().splitlines():
         answer = json.loads(line)
         who = (answer["image_id"], answer["annotator_id"])
         rows += [(*who, *box, "pedestrian") for box in answer["boxes"]] or [(*who, *NONE)]
     gold = []
-    for line in (PEDESTRIANS / "images.jsonl").read_text().splitlines():
+    for line in (folder / "images.jsonl").read_text().splitlines():
         image = json.loads(line)
         if image["gold"] is not None:
             item = image["image_id"]
             gold += [(item, *box, "pedestrian") for box in image["gold"]] or [(item, *NONE)]
     return frame(rows), pd.DataFrame(gold, columns=[c for c in COLUMNS if c != "annotator_id"])
+
+
+@pytest.fixture(scope="module")
+def pedestrians() -> tuple[pd.DataFrame, pd.DataFrame]:
+    return read_pedestrians()
 
 
 def test_iou_by_hand() -> None:
@@ -196,14 +201,48 @@ def test_consensus_and_majority_on_real_pedestrians(pedestrians) -> None:
     assert len(model.clusters_) == len(MajorityBoxes().fit(boxes).clusters_)  # same clusters
 
 
-@pytest.mark.xfail(strict=True, reason="not met on pedestrian-boxes-dev: consensus 0.931 vs "
-                   "majority 0.928 F1 overall, 0.937 vs 0.930 on the even half, but 0.926 on both "
-                   "on the odd half (docs/boxes.md, Variants)")
-def test_consensus_beats_majority_on_real_pedestrians(pedestrians) -> None:
+def plain_majority(boxes: pd.DataFrame) -> pd.DataFrame:
+    """The issue's baseline as a plain reader implements it: per image, the annotators in
+    the order of the rows (the data file's order); the first one's boxes start clusters,
+    each next one's boxes are matched one-to-one (Hungarian, maximum total IoU) to the
+    clusters' current mean boxes at IoU >= 0.5, unmatched boxes start new clusters; keep
+    the clusters drawn by more than half of the image's answers, with the mean box."""
+    kept = []
+    for item, rows in boxes.groupby("item_id", sort=False):
+        clusters: list[list[np.ndarray]] = []
+        answers = rows.groupby("annotator_id", sort=False)
+        for _, answer in answers:
+            drawn = answer[["x", "y", "w", "h"]].dropna().to_numpy()
+            joined: set[int] = set()
+            if clusters and len(drawn):
+                iou = box_iou(drawn, [np.mean(c, axis=0) for c in clusters])
+                for i, j in zip(*linear_sum_assignment(iou, maximize=True)):
+                    if iou[i, j] >= 0.5:
+                        clusters[j].append(drawn[i])
+                        joined.add(i)
+            clusters += [[box] for i, box in enumerate(drawn) if i not in joined]
+        mine = [(item, *np.mean(c, axis=0), "pedestrian") for c in clusters
+                if len(c) > answers.ngroups / 2]  # fmt: skip
+        kept += mine or [(item, *NONE)]
+    return pd.DataFrame(kept, columns=[c for c in COLUMNS if c != "annotator_id"])
+
+
+def test_consensus_beats_the_issues_plain_majority_rule(pedestrians) -> None:
+    """The requirement: BoxConsensus beats "keep a cluster more than half drew, mean box"
+    (plain greedy clustering; the issue measured it at 0.913) on all gold images and on
+    each half. Our MajorityBoxes, the same rule on our clustering, scores 0.928."""
     boxes, gold = pedestrians
-    majority, consensus = MajorityBoxes().fit_predict(boxes), BoxConsensus().fit_predict(boxes)
+    plain, consensus = plain_majority(boxes), BoxConsensus().fit_predict(boxes)
+    assert consensus_f1(plain, gold) == pytest.approx(0.913, abs=0.001)  # the issue's figure
     for name, part in halves(gold).items():
-        assert consensus_f1(consensus, part) > consensus_f1(majority, part), name
+        assert consensus_f1(consensus, part) > consensus_f1(plain, part) + 0.01, name
+
+
+@pytest.mark.xfail(strict=True, reason="goal not met on pedestrian-boxes-dev: 0.931; even "
+                   "crowd-box oracles of localisation reach 0.942 (docs/boxes.md, Errors)")
+def test_consensus_reaches_the_goal_on_real_pedestrians(pedestrians) -> None:
+    boxes, gold = pedestrians
+    assert consensus_f1(BoxConsensus().fit_predict(boxes), gold) >= 0.94
 
 
 def test_consensus_does_not_depend_on_row_order(pedestrians) -> None:
