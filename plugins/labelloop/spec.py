@@ -22,6 +22,10 @@ from labelloop import settings
 
 SLUG = r"^[a-z][a-z0-9_]{1,62}$"
 ENTRY_POINT = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+#: A class by its import path: ``package.module.Class`` or ``package.module:Class``.
+CLASS_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*[.:][A-Za-z_]\w*")
+#: Keyword argument names that would carry a secret; secrets belong in an Airflow connection.
+_SECRET_NAME = re.compile(r"password|passwd|secret|token|api_?key|private_?key", re.IGNORECASE)
 _ENV_REF = re.compile(r"\$\{(?P<name>[A-Z_][A-Z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 
 
@@ -88,10 +92,42 @@ class Annotation(_Strict):
     show_skip_button: bool = True
 
 
+class Notify(_Strict):
+    """Who hears about a failed quality gate: an Airflow notifier class (the SMTP or Slack
+    provider's, or your own) built with ``params``; it finds the message in its templates as
+    ``{{ quality_gate_message }}``. Only the shape is checked here: the class is imported when a
+    gate fails, never at DAG parse (``labelloop.audit.gate.gate_notifier``)."""
+
+    notifier: str = Field(description="import path of a BaseNotifier subclass: package.module.Class or "
+                                      "package.module:Class")
+    params: dict[str, Any] = Field(default_factory=dict, description="its keyword arguments; connection ids "
+                                   "(smtp_conn_id, slack_conn_id), never credentials")
+    report_url: str | None = Field(None, description="link to the report people can open, {audit} standing "
+                                   "for the audit run; default: the report's storage URI")
+
+    @field_validator("notifier")
+    @classmethod
+    def _class_path(cls, notifier: str) -> str:
+        if not CLASS_PATH.fullmatch(notifier):
+            raise ValueError(f"{notifier!r} is not an import path; write package.module.Class (e.g. "
+                             f"airflow.providers.smtp.notifications.smtp.SmtpNotifier)")
+        return notifier
+
+    @field_validator("params")
+    @classmethod
+    def _no_secrets(cls, params: dict[str, Any]) -> dict[str, Any]:
+        secret = sorted(name for name in params if _SECRET_NAME.search(name))
+        if secret:
+            raise ValueError(f"{secret} would put a secret in the spec; store it in an Airflow connection and "
+                             f"give its id (smtp_conn_id, slack_conn_id, ...)")
+        return params
+
+
 class Quality(_Strict):
     """Thresholds of the audit's quality gate; each kind of audited control is held to its own
     (docs/spec.md lists which): choices to the first three, multichoice and spans to theirs,
-    rectangles to min_box_f1 and min_box_pair_f1, every kind to min_consensus_confidence."""
+    rectangles to min_box_f1 and min_box_pair_f1, every kind to min_consensus_confidence; ``notify``
+    says who hears of a failure."""
 
     min_gold_accuracy: Annotated[float, Field(ge=0, le=1)] = 0.8
     min_kappa: Annotated[float, Field(ge=-1, le=1)] = 0.6
@@ -114,6 +150,8 @@ class Quality(_Strict):
     comment_agreement: bool = Field(
         False, description="also score agreement of the comment (TextArea) controls, by normalized edit distance; "
                            "reported, not gated")
+    notify: Notify | None = Field(None, exclude=True, description="the notifier a failed gate goes through; "
+                                  "none: the task log (not a threshold: left out of model_dump)")
 
 
 class Model(_Strict):

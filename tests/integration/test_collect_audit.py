@@ -10,7 +10,6 @@ and pass or fail the gate as the thresholds say. Ingest starts collect only with
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +36,18 @@ ACCURACIES = (1.0, 0.95, 0.9, 0.85)
 
 
 class FileNotifier(BaseNotifier):
-    """Writes the rendered gate summary where the test can read it."""
+    """Writes its rendered ``message`` to ``path``: a delivery notifier the spec's ``quality.notify``
+    names and configures (``params``), as it would Slack's or SMTP's."""
 
     template_fields = ("message",)
 
-    def __init__(self) -> None:
+    def __init__(self, path: str, message: str) -> None:
         super().__init__()
-        self.message = "{{ quality_gate.summary }}"
+        self.path = path
+        self.message = message
 
     def notify(self, context: Any) -> None:
-        Path(os.environ["LABELLOOP_TEST_NOTIFIED"]).write_text(self.message)
+        Path(self.path).write_text(self.message)
 
 
 def write_sms(folder: Path, per_label: int = 15) -> None:
@@ -175,18 +176,24 @@ def test_collect_audit_review_loop(run_dag, labelstudio_hook, make_spec, tmp_pat
 
     # Thresholds the data cannot meet: the gate fails, says why, notifies, and emits nothing.
     raw = yaml.safe_load(path.read_text())
-    raw["quality"].update(min_kappa=0.99, min_alpha=0.99)
-    path.write_text(yaml.safe_dump(raw))
     notified = tmp_path / "notified.txt"
-    monkeypatch.setenv("LABELLOOP_TEST_NOTIFIED", str(notified))
-    monkeypatch.setenv("LABELLOOP_QUALITY_NOTIFIER", f"{__name__}:FileNotifier")
+    raw["quality"].update(min_kappa=0.99, min_alpha=0.99, notify={
+        "notifier": f"{__name__}:FileNotifier",
+        "params": {"path": str(notified), "message": "{{ quality_gate_message }}"}})
+    path.write_text(yaml.safe_dump(raw))
     failed = run_dag(path, "audit")
     assert failed.state == "failed"
     assert task_states(failed) == {"audit": "success", "route": "success", "gate": "failed"}
-    message = notified.read_text()
-    assert message.startswith(f"quality gate FAILED for {spec.name}: ")
-    assert "< min_kappa 0.990 (short by" in message and "< min_alpha 0.990 (short by" in message
-    assert not read_json(root / "audit" / run_key(failed.run_id) / "gate.json", {})["passed"]
+    gate = read_json(root / "audit" / run_key(failed.run_id) / "gate.json", {})
+    assert not gate["passed"]
+    below = [check for check in gate["checks"] if check["status"] == "failed"]
+    assert [check["threshold_name"] for check in below] == ["min_kappa", "min_alpha"]
+    message = notified.read_text().splitlines()
+    assert message[0] == f"Quality gate FAILED for {spec.title}: 2 metric(s) below their floor."
+    for line, check in zip(message[1:3], below, strict=True):
+        assert line.startswith(f"- {check['metric']}: {check['value']:.3f}, needs {check['threshold_name']} 0.990 "
+                               f"(short by {0.99 - check['value']:.3f})")
+    assert message[3:] == [f"Report: {spec.storage_uri}/audit/{run_key(failed.run_id)}/report.html"]
     assert asset_events(passed_asset) == 2  # the two passing audits only
     assert read_json(root / "audit" / "passed.json", {})["audit"] == run_key(again.run_id)
     assert hook.task_count(review.id) == len(routed), "a second audit without new annotations routed items"

@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from labelloop.audit.gate import LogNotifier, evaluate_gate, gate_notifier
+from labelloop.audit.gate import evaluate_gate
 from labelloop.audit.prepare import (
     adjudicated_labels,
     answered_at,
@@ -97,26 +97,6 @@ def test_gate_names_the_failed_metric_and_the_shortfall() -> None:
                         "min_alpha": "passed", "min_consensus_confidence": "passed"}
     assert "not measured (no labelled gold items)" in passed.summary("sms")
     assert passed.to_dict("sms")["checks"][2]["status"] == "passed"
-
-
-def test_notifier_is_the_log_notifier_unless_configured(monkeypatch) -> None:
-    monkeypatch.delenv("LABELLOOP_QUALITY_NOTIFIER", raising=False)
-    assert isinstance(gate_notifier(), LogNotifier)
-    monkeypatch.setenv("LABELLOOP_QUALITY_NOTIFIER", "labelloop.audit.gate:LogNotifier")
-    assert isinstance(gate_notifier(), LogNotifier)
-    monkeypatch.setenv("LABELLOOP_QUALITY_NOTIFIER", "labelloop.audit.gate:Nope")
-    with pytest.raises(ValueError, match="module.path:NotifierClass"):
-        gate_notifier()
-    monkeypatch.setenv("LABELLOOP_QUALITY_NOTIFIER", "collections:OrderedDict")
-    with pytest.raises(TypeError, match="not a BaseNotifier"):
-        gate_notifier()
-
-
-def test_log_notifier_renders_the_gate_summary() -> None:
-    notifier = LogNotifier()
-    notifier.notify({})  # no context needed to log
-    notifier.render_template_fields({"quality_gate": {"summary": "alpha too low"}})
-    assert notifier.message == "alpha too low"
 
 
 def test_review_selection_and_tasks() -> None:

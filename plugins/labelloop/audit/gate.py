@@ -2,27 +2,26 @@
 
 ``evaluate_gate`` is pure. A metric the data cannot give (no gold labelled yet, no pair of
 annotators sharing enough items) is "not measured" and does not fail the gate; the report
-says so. The notifier is any Airflow ``BaseNotifier``; ``LogNotifier`` is the default, and
-``LABELLOOP_QUALITY_NOTIFIER=module:factory`` names a callable that returns another one
-(a Slack or SMTP notifier, say). Notifiers see the gate as ``{{ quality_gate }}``.
+says so. A failure is told through the Airflow notifier the spec's ``quality.notify`` names
+(Slack's, SMTP's, ...), wrapped in a ``QualityGateNotifier`` that writes the message; without one
+the message goes to the task log.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseNotifier
 
-from labelloop.spec import Quality
+from labelloop.notifications.quality import QualityGateNotifier
+from labelloop.spec import Notify, ProjectSpec, Quality, SpecError
 
 if TYPE_CHECKING:
     from labelloop.tasktypes import TaskType
 
-NOTIFIER_ENV = "LABELLOOP_QUALITY_NOTIFIER"
 Status = Literal["passed", "failed", "not measured"]
 
 
@@ -86,31 +85,33 @@ def evaluate_gate(metrics: dict[str, Any], quality: Quality, task_type: TaskType
     return Gate(tuple(checks), task_type.control.describe())
 
 
-class LogNotifier(BaseNotifier):
-    """Writes the gate's summary to the task log as a warning (the default notifier)."""
-
-    template_fields = ("message",)
-
-    def __init__(self, message: str = "{{ quality_gate.summary }}") -> None:
-        super().__init__()
-        self.message = message
-
-    def notify(self, context: Any) -> None:
-        self.log.warning("%s", self.message)
+def gate_notifier(spec: ProjectSpec) -> BaseNotifier:
+    """The notifier for a failed gate of ``spec``: a ``QualityGateNotifier`` delivering through
+    ``quality.notify`` (imported and built now, at run time), else logging. Call it with the
+    context plus ``quality_gate`` (the verdict), ``quality_project`` and ``quality_report``."""
+    notify = spec.quality.notify
+    if notify is None:
+        return QualityGateNotifier()
+    return QualityGateNotifier(notifier=build_notifier(notify, str(spec.spec_path or "the spec")),
+                               report_url=notify.report_url)
 
 
-def gate_notifier() -> BaseNotifier:
-    """The notifier ``LABELLOOP_QUALITY_NOTIFIER`` names (``module:callable``), else ``LogNotifier``."""
-    target = os.environ.get(NOTIFIER_ENV, "").strip()
-    if not target:
-        return LogNotifier()
-    module, _, name = target.partition(":")
+def build_notifier(notify: Notify, where: str) -> BaseNotifier:
+    """Import ``notify.notifier`` and build it with ``notify.params``; a failure is a ``SpecError``
+    naming the spec file (``where``) and the field, as parse-time errors do."""
+    module, _, name = notify.notifier.replace(":", ".").rpartition(".")
+    field = "field quality.notify.notifier"
     try:
-        factory = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise ValueError(f"{NOTIFIER_ENV}={target!r} does not name an importable callable "
-                         f"(write module.path:NotifierClass): {error}") from None
-    notifier = factory()
-    if not isinstance(notifier, BaseNotifier):
-        raise TypeError(f"{NOTIFIER_ENV}={target!r} returned {type(notifier).__name__}, not a BaseNotifier")
-    return notifier
+        cls = getattr(importlib.import_module(module), name)
+    except ImportError as error:
+        raise SpecError(f"{where}: {field}: cannot import {module!r} ({error}); install the provider that "
+                        f"ships {notify.notifier} or fix the path") from None
+    except AttributeError:
+        raise SpecError(f"{where}: {field}: module {module!r} has no {name!r}; check the spelling") from None
+    if not (isinstance(cls, type) and issubclass(cls, BaseNotifier)):
+        raise SpecError(f"{where}: {field}: {notify.notifier} is not an Airflow notifier (a subclass of "
+                        f"airflow.sdk.BaseNotifier); name a notifier class")
+    try:
+        return cls(**notify.params)
+    except TypeError as error:
+        raise SpecError(f"{where}: field quality.notify.params: {name} does not take them: {error}") from None

@@ -1,7 +1,8 @@
 """Tell people a quality gate failed: which project, which metrics by how much, and where the report is.
 
-``QualityGateNotifier`` is an Airflow ``BaseNotifier``: pass it to ``AuditOperator(notifier=...)``, or
-as the gate task's ``on_failure_callback``, and give it another notifier (Slack's, SMTP's, with its
+``QualityGateNotifier`` is an Airflow ``BaseNotifier``: the gate builds one from the spec's
+``quality.notify`` (``labelloop.audit.gate.gate_notifier``); pass one to ``AuditOperator(notifier=...)``,
+or as a task's ``on_failure_callback``, and give it another notifier (Slack's, SMTP's, with its
 connection id) to deliver the message; it logs it when given none. The message is built by the
 pure ``gate_message`` from the gate verdict (``labelloop.audit.gate.Gate.to_dict``).
 """
@@ -36,7 +37,9 @@ class QualityGateNotifier(BaseNotifier):
     ``quality_report``, ``quality_project``); as an ``on_failure_callback`` they are read from the
     latest audit of the spec at ``spec_path``. ``report_url`` is a link people can open, ``{audit}``
     standing for the audit run (``https://reports.example.com/sms/{audit}/report.html``); without
-    it the message gives the report's storage URI.
+    it the message gives the report's storage URI. The wrapped notifier's templates see the
+    message, the project and that link (``quality_gate_message``, ``quality_project``,
+    ``quality_report``) and the verdict (``quality_gate``).
     """
 
     template_fields = ("spec_path", "report_url")
@@ -54,7 +57,8 @@ class QualityGateNotifier(BaseNotifier):
         if self.notifier is None:
             self.log.warning("%s", message)
         else:
-            self.notifier({**context, "quality_gate": verdict, MESSAGE_KEY: message})
+            self.notifier({**context, "quality_gate": verdict, "quality_project": project,
+                           "quality_report": report, MESSAGE_KEY: message})
 
     def gate_of(self, context: Any) -> tuple[str, dict[str, Any], str]:
         """(project title, verdict, report link) from the context, else from the latest audit."""
