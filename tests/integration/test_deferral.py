@@ -6,7 +6,8 @@ a ``WaitForAnnotationsOperator`` is deferred, a task of another DAG runs and fin
 only then is the annotation made that ends the wait. The same Airflow shows event-driven collection:
 the collect DAG has no cron and no webhook is configured, yet an annotation made in Label Studio
 starts a collect run through the annotations watcher (``collect.watch_seconds``). Label Studio is
-the session's real server.
+the session's real server. The watcher itself is also driven directly: every change fires, and a
+restarted watcher fires on its first poll for what the latest collect snapshot (on moto's S3) lacks.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from labelloop.collect.snapshot import collect
 from labelloop.collect.table import latest_snapshot, read_snapshot
 from labelloop.dev.demo import Airflow
 from labelloop.dev.stack import airflow_server, free_port
@@ -62,7 +64,9 @@ def answer(spec: Any) -> list[dict[str, Any]]:
 
 
 def changes(trigger: LabelStudioAnnotationsChangedTrigger, act: list[Any], wait: float) -> list[dict[str, Any]]:
-    """Run the watcher; after its first polls do each of ``act`` in turn, collecting the events between."""
+    """Run the watcher; after its first polls do each of ``act`` in turn. Per step: the last event in
+    the ``wait`` seconds after it, ``{}`` for none (one annotation update stamps its task three
+    times in one request, and on a loaded server a poll may see a stamp in between)."""
 
     async def watch() -> list[dict[str, Any]]:
         events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -78,10 +82,9 @@ def changes(trigger: LabelStudioAnnotationsChangedTrigger, act: list[Any], wait:
             for step in [None, *act]:
                 if step is not None:
                     await asyncio.to_thread(step)
-                try:
-                    seen.append(await asyncio.wait_for(events.get(), wait))
-                except TimeoutError:
-                    seen.append({})
+                await asyncio.sleep(wait)
+                window = [events.get_nowait() for _ in range(events.qsize())]
+                seen.append(window[-1] if window else {})
         finally:
             consumer.cancel()
         return seen
@@ -110,6 +113,58 @@ def test_watcher_fires_on_new_changed_and_deleted_annotations(labelstudio_hook, 
     assert [event.get("annotations") for event in seen] == [None, 1, 1, None, 0, 1]
     assert all(event["project_id"] == project_id and event["tasks"] == 3 for event in seen if event)
     assert seen[1]["updated_at"] < seen[2]["updated_at"]  # an edit changes only the newest updated_at
+
+
+def test_a_restarted_watcher_fires_for_what_the_latest_snapshot_lacks(labelstudio_hook, make_spec,
+                                                                      s3_bucket, capfd) -> None:
+    hook = labelstudio_hook
+    spec = load_spec(make_spec(model=None, storage_uri=f"s3://{s3_bucket}/labelloop"))
+    project_id, _ = ensure_project(hook, spec)
+    hook.client.projects.import_tasks(project_id, request=[{"data": {"text": f"message {i}"}} for i in range(3)])
+    first, second, third = [task.id for task in hook.iter_tasks(project_id)]
+
+    def started() -> list[dict[str, Any]]:
+        """A fresh watcher (a triggerer start) with the kwargs the DAG factory gives: its first poll's
+        event, then whether a second poll fires too (the collect the first caused has not run)."""
+        trigger = LabelStudioAnnotationsChangedTrigger(title=spec.title, poll_interval=0.3,
+                                                       storage_uri=spec.storage_uri,
+                                                       storage_conn_id=spec.source.conn_id)
+        return changes(trigger, [lambda: None], wait=5)
+
+    def collected(n: int) -> None:  # the real collect: snapshot, watermark, latest.json
+        collect(spec, hook, f"manual__2026-03-0{n}T00:00:00+00:00", f"2026-03-0{n}T00:00:00+00:00")
+
+    assert started() == [{}, {}], "tasks but no annotation and no snapshot: nothing to collect"
+    hook.create_annotation(first, answer(spec))
+    assert [event.get("annotations") for event in started()] == [1, None], "no snapshot holds the annotation"
+    collected(1)
+    assert started() == [{}, {}], "the latest snapshot holds the project as it stands"
+
+    made = hook.create_annotation(second, answer(spec))  # while no watcher runs
+    old_style = LabelStudioAnnotationsChangedTrigger(title=spec.title, poll_interval=0.3)
+    assert changes(old_style, [], wait=3) == [{}], "without storage_uri the first poll only records"
+    seen = started()
+    assert seen[1] == {} and seen[0] == {"project_id": project_id, "tasks": 3, "annotations": 2,
+                                         "updated_at": seen[0]["updated_at"]}
+    collected(2)
+    assert started() == [{}, {}]
+
+    hook.client.annotations.delete(made.id)
+    assert [event.get("annotations") for event in started()] == [1, None]
+    collected(3)
+    assert started() == [{}, {}]
+
+    hook.client.tasks.delete(third)  # stamps no task that is left: only the totals tell
+    assert [event.get("tasks") for event in started()] == [2, None]
+    collected(4)
+    assert started() == [{}, {}]
+
+    Layout.of(spec).latest_snapshot.write_bytes(b'{"run": ')  # a broken pointer: collect rebuilds it
+    capfd.readouterr()
+    assert [event.get("annotations") for event in started()] == [1, None]
+    assert "cannot tell whether the latest snapshot" in capfd.readouterr().out  # the watcher's warning
+    collected(5)
+    assert started() == [{}, {}]
 
 
 def test_deferred_wait_frees_the_only_slot_and_annotations_start_collect(labelstudio, labelstudio_hook,

@@ -36,7 +36,8 @@ def test_collect_runs_on_its_cron_after_ingest_and_when_people_annotate() -> Non
         tasks_asset(spec).name: [],
         "labelloop__sms_spam__labeled": [("labelloop__sms_spam__annotations_watch", (
             "labelloop.triggers.labelstudio.LabelStudioAnnotationsChangedTrigger",
-            {"title": spec.title, "poll_interval": 60.0, "labelstudio_conn_id": "labelstudio_default"}))],
+            {"title": spec.title, "poll_interval": 60.0, "labelstudio_conn_id": "labelstudio_default",
+             "storage_uri": spec.storage_uri, "storage_conn_id": "aws_default"}))],
     }
     assert labeled_asset(spec).name == "labelloop__sms_spam__labeled"
     assert dag.get_task("collect").outlets == [annotations_asset(spec)]

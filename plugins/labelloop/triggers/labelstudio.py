@@ -6,7 +6,8 @@
 - ``LabelStudioExportTrigger`` reads one export snapshot's status until Label Studio built it.
 - ``LabelStudioAnnotationsChangedTrigger`` (an ``AssetWatcher``'s) reads a one-task page of the
   project's task list, newest change first: its totals and the latest ``updated_at`` change whenever
-  an annotation is created, changed or deleted, so collect can run when people labeled something.
+  an annotation is created, changed or deleted, so collect can run when people labeled something;
+  on a start it also reads the latest collect snapshot's manifest, to catch changes made meanwhile.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
+from datetime import datetime
 from typing import Any
 
 from airflow.triggers.base import BaseEventTrigger, BaseTrigger, TriggerEvent
@@ -208,27 +210,86 @@ def fingerprint(page: Any) -> dict[str, Any]:
             "updated_at": updated.isoformat() if hasattr(updated, "isoformat") else updated}
 
 
+def behind(now: dict[str, Any], project_id: int, manifest: dict[str, Any] | None) -> str | None:
+    """Why the latest snapshot (its ``manifest``; None before the first collect) may not hold the
+    project as it stands (``now``, a ``fingerprint``), or None when it does.
+
+    Its watermark is when Label Studio started the snapshot's export: a task stamped later may be
+    missing from it. A deleted task leaves no stamp, so the totals are compared too.
+    Before the first collect only annotations call for one (ingest starts collect for new tasks).
+    """
+    if manifest is None:
+        return "annotations and no snapshot yet" if now["annotations"] else None
+    held_project = (manifest.get("project_ids") or {}).get("main")
+    if held_project != project_id:
+        return f"the latest snapshot is of project {held_project}"
+    watermark = (manifest.get("watermarks") or {}).get("main")
+    if watermark is None:
+        return "the latest snapshot records no watermark"
+    changed = now["updated_at"]
+    if changed is not None and datetime.fromisoformat(changed) > datetime.fromisoformat(watermark):
+        return f"a task changed at {changed}, after the latest snapshot's export started ({watermark})"
+    counts = manifest.get("counts") or {}
+    held = {"tasks": counts.get("tasks"), "annotations": counts.get("annotations")}
+    if held != {"tasks": now["tasks"], "annotations": now["annotations"]}:
+        return f"the latest snapshot holds {held}"
+    return None
+
+
+def latest_manifest(storage_uri: str, storage_conn_id: str | None) -> dict[str, Any] | None:
+    """The manifest of the snapshot ``collect/latest.json`` points at, None before the first collect;
+    StateError when the pointer or the manifest is broken (sync I/O: call it in a thread)."""
+    from labelloop.collect.table import latest_snapshot
+    from labelloop.layout import storage_path
+    from labelloop.state import read_json
+
+    folder = latest_snapshot(storage_path(storage_uri, storage_conn_id))
+    return None if folder is None else read_json(folder / "manifest.json", None, expect=dict)
+
+
 class LabelStudioAnnotationsChangedTrigger(BaseEventTrigger):
     """For an ``AssetWatcher``: yields an event each time the project titled ``title`` changed.
 
     Each poll is one call, a one-task page of the project's task list newest change first
-    (``fingerprint``); an event carries the new fingerprint. The first poll after a start only
-    records where the project stands (a change made while no triggerer ran is left to the cron
-    fallback). No webhooks: nothing is lost when Label Studio fails to deliver one. A project not
-    created yet, a refused token or a network failure are logged and polled through: a watcher
-    must keep watching.
+    (``fingerprint``); an event carries the new fingerprint. No webhooks: nothing is lost when Label
+    Studio fails to deliver one. A project not created yet, a refused token or a network failure
+    are logged and polled through: a watcher must keep watching.
+
+    The first poll after a start has no previous poll to compare with. With ``storage_uri`` (the
+    spec's, and ``storage_conn_id``) it compares the project with the latest collect snapshot
+    (``behind``) and fires at once when that may miss a change, so annotations made while no
+    triggerer ran are collected on restart; a pointer that cannot be read is logged and counts as a
+    change (one collect, which rebuilds or reports it). Without ``storage_uri`` the first poll only
+    records where the project stands and such changes are left to the cron fallback. Later polls
+    compare with the previous one, so a collect still running from an event causes no more events.
     """
 
     def __init__(self, title: str, poll_interval: float = 60.0,
-                 labelstudio_conn_id: str = settings.LABELSTUDIO_CONN_ID) -> None:
+                 labelstudio_conn_id: str = settings.LABELSTUDIO_CONN_ID, storage_uri: str | None = None,
+                 storage_conn_id: str | None = None) -> None:
         super().__init__()
         self.title = title
         self.poll_interval = poll_interval
         self.labelstudio_conn_id = labelstudio_conn_id
+        self.storage_uri = storage_uri
+        self.storage_conn_id = storage_conn_id
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (classpath(self), {"title": self.title, "poll_interval": self.poll_interval,
-                                  "labelstudio_conn_id": self.labelstudio_conn_id})
+                                  "labelstudio_conn_id": self.labelstudio_conn_id,
+                                  "storage_uri": self.storage_uri, "storage_conn_id": self.storage_conn_id})
+
+    async def _behind_snapshot(self, now: dict[str, Any], project_id: int) -> str | None:
+        """``behind`` the latest snapshot, read in a thread (object storage I/O is sync); never raises."""
+        assert self.storage_uri is not None
+        try:
+            manifest = await asyncio.to_thread(latest_manifest, self.storage_uri, self.storage_conn_id)
+            return behind(now, project_id, manifest)
+        except Exception as failure:  # a broken pointer (StateError), an unreachable store, a bad manifest
+            self.log.warning("cannot tell whether the latest snapshot under %s holds project %s (%s: %s); "
+                             "counting it as changed", self.storage_uri, project_id,
+                             type(failure).__name__, failure)
+            return f"the latest snapshot cannot be read ({type(failure).__name__})"
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         where = f"project {self.title!r} (connection {self.labelstudio_conn_id!r})"
@@ -258,8 +319,12 @@ class LabelStudioAnnotationsChangedTrigger(BaseEventTrigger):
                     now = fingerprint(answer)
                     if seen is None:
                         self.log.info("watching %s (id %s) for annotations: %s", where, project_id, now)
-                    elif now != seen:
-                        self.log.info("%s changed: %s", where, now)
+                        change = (None if self.storage_uri is None
+                                  else await self._behind_snapshot(now, project_id))
+                    else:
+                        change = None if now == seen else "since the previous poll"
+                    if change is not None:
+                        self.log.info("%s changed (%s): %s", where, change, now)
                         yield TriggerEvent({"project_id": project_id, **now})
                     seen = now
             project_id = None
