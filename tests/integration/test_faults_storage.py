@@ -23,6 +23,7 @@ from labelloop.collect.snapshot import collect
 from labelloop.collect.table import read_latest, read_snapshot, snapshot_folder
 from labelloop.ingest.job import finish_ingest, ingest_group, plan_ingest
 from labelloop.ingest.pipeline import Ingest, ObjectReadError
+from labelloop.ingest.state import IngestState
 from labelloop.layout import storage_path
 from labelloop.project import ensure_project
 from labelloop.settings import AWS_CONN_ID
@@ -137,3 +138,128 @@ def test_object_storage_faults_fail_naming_the_object_and_the_rerun_is_clean(
     second = collect(spec, hook, "manual__c2", "2026-12-01T11:00:00+00:00")
     assert second["mode"] == "full" and second["latest"] and second["counts"] == first["counts"]
     assert len(read_snapshot(snapshot_folder(root, "manual__c2"))["tasks"]) == len(expected)
+
+
+def padded(version: str, count: int) -> bytes:
+    """``count`` records of about 60 KB (``pad`` is not a spec field: the tasks stay small)."""
+    return b"".join(json.dumps({"text": f"{version} record {number}", "pad": "x" * 60_000}).encode() + b"\n"
+                    for number in range(count))
+
+
+def test_an_object_rewritten_while_ingest_reads_it_is_never_read_as_two_versions(
+        s3_proxy, s3_bucket, labelstudio_hook, make_spec) -> None:
+    """Rewritten between listing and reading, then again between two ranged GETs of one read: each
+    time the task fails naming the object and both versions, before a record of the other version
+    is used; the next listing reads the newest version whole, each of its records once."""
+    import threading
+
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    direct = S3Hook(aws_conn_id=AWS_CONN_ID)
+    hook, bucket, key = labelstudio_hook, s3_bucket, "raw/r.jsonl"
+    spec = load_spec(make_spec(source_uri=f"s3://{bucket}/raw/", storage_uri=f"s3://{bucket}/labelloop",
+                               source={"conn_id": CONN}, import_batch_size=25))
+    project_id, _ = ensure_project(hook, spec)
+    run = "manual__rewritten"
+    storage_path(spec.source.uri, CONN).fs.default_block_size = 5 << 20  # s3fs's least: 2 ranged GETs here
+    versions = {name: padded(name, 140) for name in ("v1", "v2", "v3")}  # 8.4 MB each, no line alike
+    direct.load_bytes(versions["v1"], key=key, bucket_name=bucket)
+
+    def etag() -> str:
+        return direct.head_object(key, bucket)["ETag"].strip('"')
+
+    # Between the listing and the read (the plan is another task): v2 replaces v1.
+    [group] = plan_ingest(spec, hook, run, None)
+    listed = etag()
+    direct.load_bytes(versions["v2"], key=key, bucket_name=bucket, replace=True)
+    with pytest.raises(ObjectReadError, match=rf"^reading s3://{bucket}/{key} failed: it changed after it was "
+                                              rf"listed \(listed as etag:{listed}, now etag:{etag()}\): ingest "
+                                              r"stopped rather than take records of two versions"):
+        ingest_group(spec, hook, run, group)
+    assert hook.task_count(project_id) == 0
+
+    # During the read: the second ranged GET is held until v3 has replaced v2 (If-Match fails it).
+    [group] = plan_ingest(spec, hook, run, None)
+    listed = etag()
+    s3_proxy.delay(0, path=rf"/{key}$", method="GET", after_forward=False)  # the first GET passes
+    s3_proxy.delay(3, path=rf"/{key}$", method="GET", after_forward=False)
+
+    def rewrite_after_the_first_get() -> None:
+        while not s3_proxy.requests(rf"/{key}$", "GET"):
+            threading.Event().wait(0.05)
+        direct.load_bytes(versions["v3"], key=key, bucket_name=bucket, replace=True)
+
+    writer = threading.Thread(target=rewrite_after_the_first_get)
+    writer.start()
+    with pytest.raises(ObjectReadError, match=rf"^reading s3://{bucket}/{key} failed: it changed after it was "
+                                              rf"listed \(listed as etag:{listed}, now etag:"):
+        ingest_group(spec, hook, run, group)
+    writer.join()
+    assert [seen.status for seen in s3_proxy.requests(rf"/{key}$", "GET")][:2] == [206, 412]
+    v2_tasks = [task.data["text"] for task in hook.iter_tasks(project_id)]
+    assert v2_tasks and v2_tasks == [f"v2 record {number}" for number in range(len(v2_tasks))]  # read before the change
+
+    # The next listing reads v3 whole: each record of it once, though the run committed v2's first lines.
+    s3_proxy.clear()
+    groups = plan_ingest(spec, hook, run, None)
+    summary = finish_ingest(spec, hook, run, [ingest_group(spec, hook, run, group) for group in groups])
+    assert (summary["objects"], summary["read"], summary["imported"], summary["balanced"]) == (1, 140, 140, True)
+    manifest = IngestState(storage_path(spec.storage_uri, CONN), run).manifest
+    assert manifest[f"s3://{bucket}/{key}"]["fingerprint"] == f"etag:{etag()}"  # the version read
+    texts = Counter(task.data["text"] for task in hook.iter_tasks(project_id))
+    assert max(texts.values()) == 1
+    assert set(texts) == {f"v3 record {number}" for number in range(140)} | set(v2_tasks)  # no v1, all of v3
+
+
+def test_symlinks_in_a_local_source_are_skipped_objects_with_their_reason(labelstudio_hook, make_spec,
+                                                                           tmp_path) -> None:
+    from labelloop.ingest.job import ingest_report
+
+    raw, outside = tmp_path / "raw", tmp_path / "outside"
+    raw.mkdir()
+    outside.mkdir()
+    (outside / "secret.jsonl").write_text('{"text": "secret outside the source"}\n')
+    (raw / "real.jsonl").write_text('{"text": "a real object"}\n')
+    (raw / "link.jsonl").symlink_to(outside / "secret.jsonl")
+    (raw / "linked_dir").symlink_to(outside, target_is_directory=True)
+    spec = load_spec(make_spec(source_uri=f"file://{raw}/", storage_uri=f"file://{tmp_path / 'store'}"))
+    run = "manual__links"
+
+    groups = plan_ingest(spec, labelstudio_hook, run, None)
+    summary = finish_ingest(spec, labelstudio_hook, run, [ingest_group(spec, labelstudio_hook, run, group)
+                                                           for group in groups])
+
+    reason = "not followed, so no link leads ingest out of the source; copy the file into the source folder instead"
+    assert summary["skipped_objects"] == [
+        {"object": f"file://{raw}/link.jsonl", "reason": f"a symbolic link (to {outside}/secret.jsonl): {reason}"},
+        {"object": f"file://{raw}/linked_dir", "reason": f"a symbolic link (to {outside}): {reason}"}]
+    assert (summary["objects"], summary["read"], summary["imported"], summary["balanced"]) == (1, 1, 1, True)
+    assert f"skipped object file://{raw}/link.jsonl: a symbolic link" in "\n".join(ingest_report(summary))
+    assert [task.data["text"] for task in labelstudio_hook.iter_tasks(summary["project_id"])] == ["a real object"]
+
+
+def test_two_collects_racing_for_latest_json_on_s3_leave_the_later_run_after(s3_bucket) -> None:
+    """PutObject with If-Match / If-None-Match: the one that read a pointer another moved since
+    reads and decides again (the check-then-write it replaces lost about half of these rounds)."""
+    import threading
+
+    from labelloop.collect.table import point_latest
+
+    root = storage_path(f"s3://{s3_bucket}/labelloop", AWS_CONN_ID)
+    for round_ in range(30):
+        early, late = (f"early_{round_}", f"2026-12-01T10:{round_:02d}:00+00:00"), \
+                      (f"late_{round_}", f"2026-12-01T10:{round_:02d}:30+00:00")
+        start, moved = threading.Barrier(2), {}
+
+        def collect(run: str, run_after: str) -> None:
+            start.wait()
+            moved[run] = point_latest(root, run, run_after, {"tasks": round_})
+
+        order = (early, late) if round_ % 2 else (late, early)
+        threads = [threading.Thread(target=collect, args=pair) for pair in order]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        pointer = read_latest(root)
+        assert (pointer["run"], pointer["run_after"], moved[late[0]]) == (late[0], late[1], True), round_

@@ -29,7 +29,8 @@ import pyarrow.parquet as pq
 from airflow.sdk import ObjectStoragePath
 
 from labelloop.layout import Layout
-from labelloop.state import StateError, read_json, uri_of, write_atomically, write_json
+from labelloop.state import (StateError, encode_json, parse_json, read_json, read_versioned, uri_of, write_atomically,
+                             write_if, write_json)
 
 log = logging.getLogger(__name__)
 _TIME = pa.timestamp("us", tz="UTC")
@@ -52,6 +53,8 @@ TASKS_SCHEMA = pa.schema([
 ])  # fmt: skip
 
 REBUILD = "run the collect DAG: it rebuilds latest.json from the snapshot folders"
+#: How often ``point_latest`` reads and decides again when other collects keep moving the pointer.
+MOVE_ATTEMPTS = 20
 FILES = {"annotations": ANNOTATIONS_SCHEMA, "tasks": TASKS_SCHEMA, "review_annotations": ANNOTATIONS_SCHEMA}
 
 
@@ -124,7 +127,11 @@ def _pointer(run: str, run_after: str, counts: dict[str, int]) -> dict[str, Any]
 def read_latest(root: ObjectStoragePath) -> dict[str, Any] | None:
     """The pointer as collect wrote it, or None when there is none; StateError when it is broken."""
     path = latest_path(root)
-    pointer = read_json(path, None, expect=dict, remedy=REBUILD)
+    return _decode_latest(path, read_versioned(path)[0])
+
+
+def _decode_latest(path: ObjectStoragePath, raw: bytes | None) -> dict[str, Any] | None:
+    pointer = parse_json(path, raw, None, expect=dict, remedy=REBUILD)
     if pointer is not None and not isinstance(pointer.get("run"), str):
         raise StateError(path, "names no snapshot run (no string field 'run')", REBUILD)
     return pointer
@@ -148,12 +155,13 @@ def snapshot_manifests(root: ObjectStoragePath) -> dict[str, dict[str, Any]]:
     return manifests
 
 
-def _pointer_or_rebuilt(root: ObjectStoragePath, run: str) -> tuple[dict[str, Any] | None, bool]:
-    """The current pointer, else one rebuilt from the snapshots of runs other than ``run`` (the one
-    being written); the flag says it was rebuilt, so it must be written back even if ``run`` loses."""
+def _pointer_or_rebuilt(root: ObjectStoragePath, run: str, raw: bytes | None) -> tuple[dict[str, Any] | None, bool]:
+    """The current pointer (``raw``, as read), else one rebuilt from the snapshots of runs other than
+    ``run`` (the one being written); the flag says it was rebuilt, so it must be written back even if
+    ``run`` loses."""
     uri = uri_of(latest_path(root))
     try:
-        current = read_latest(root)
+        current = _decode_latest(latest_path(root), raw)
     except StateError as error:
         current, problem = None, error.problem
     else:
@@ -176,15 +184,23 @@ def point_latest(root: ObjectStoragePath, run: str, run_after: str, counts: dict
     """Move ``latest.json`` to this snapshot unless a later run already owns it (re-runs of old runs).
 
     A broken or lost pointer is rebuilt from the snapshot folders first, so a bad pointer never
-    blocks collect, nor lets an old run's re-run take the pointer from a later snapshot.
+    blocks collect, nor lets an old run's re-run take the pointer from a later snapshot. The move is
+    a compare-and-swap (``labelloop.state.write_if``): a collect that moved the pointer after this one
+    read it makes this one read and decide again, so two collects at once leave the later
+    ``run_after`` latest (on S3 and local storage; elsewhere it is check-then-write, see ``write_if``).
     """
-    current, rebuilt = _pointer_or_rebuilt(root, run)
-    if current and str(current.get("run_after", "")) > run_after:
-        if rebuilt:
-            write_json(latest_path(root), current)
-        return False
-    write_json(latest_path(root), _pointer(run, run_after, counts))
-    return True
+    path = latest_path(root)
+    for _ in range(MOVE_ATTEMPTS):
+        raw, tag = read_versioned(path)
+        current, rebuilt = _pointer_or_rebuilt(root, run, raw)
+        later = bool(current) and str(current.get("run_after", "")) > run_after
+        if later and not rebuilt:
+            return False
+        if write_if(path, encode_json(path, current if later else _pointer(run, run_after, counts)), tag):
+            return not later
+        log.info("%s was moved by another collect while this one (%s) decided: deciding again", uri_of(path), run)
+    raise RuntimeError(f"{uri_of(path)} changed under every one of {MOVE_ATTEMPTS} attempts of collect {run} to move "
+                       f"it (a store whose conditional writes never match?); latest.json is unchanged")
 
 
 def latest_snapshot(root: ObjectStoragePath) -> ObjectStoragePath | None:

@@ -26,7 +26,8 @@ from airflow.sdk import ObjectStoragePath
 from labelloop.hooks.labelstudio import LabelStudioHook, data_filter
 from labelloop.ingest.images import image_object_record
 from labelloop.ingest.readers import RawRecord, format_of, read_records
-from labelloop.ingest.state import IngestState, SourceObject, list_objects
+from labelloop.ingest.state import (IngestState, ObjectChanged, SourceObject, changed_since_listed, list_objects,
+                                   open_listed)
 from labelloop.ingest.validate import InvalidRecord, RecordValidator, content_hash
 from labelloop.layout import storage_path
 from labelloop.ordering import priorities, unit
@@ -75,7 +76,9 @@ class Ingest:
         self.buffer: list[dict[str, Any]] = []
         self.buffered_hashes: set[str] = set()
         self.awaiting: list[_Pending] = []
-        self.committed_sources: set[str] = set()
+        #: (object#line, content hash) of every record earlier attempts of this run imported: both, since
+        #: an object rewritten between attempts holds other records at the same lines.
+        self.committed: set[tuple[str, str]] = set()
         self.next_seq = 0
         self.queue: _ImportQueue | None = None
 
@@ -108,6 +111,9 @@ class Ingest:
             if cutoff is not None and obj.modified >= cutoff:
                 continue  # belongs to a later data interval
             if not self.state.is_new(obj):
+                continue
+            if obj.refused:
+                skipped.append({"object": obj.name, "reason": obj.refused})
                 continue
             fmt = format_of(obj.path.name)
             if fmt not in self.spec.source.formats:
@@ -167,7 +173,7 @@ class Ingest:
 
     def _remember(self, batch: dict[str, Any]) -> None:
         self.state.index.update(dict.fromkeys(batch["tasks"], self.state.run))
-        self.committed_sources.update(task["source"] for task in batch["tasks"].values())
+        self.committed.update((task["source"], key) for key, task in batch["tasks"].items())
 
     def reconcile_index(self) -> None:
         """Trust the index only while it counts what Label Studio holds; else rebuild it from there."""
@@ -212,19 +218,24 @@ class Ingest:
             yield image_object_record(obj.name, self.spec)
             return
         try:
-            with obj.path.open("rb") as stream:
+            with open_listed(obj) as stream:
                 yield from read_records(stream, fmt, self.spec.source.max_record_bytes)
         except Exception as error:  # the store's (denied, gone, cut off), not the records': those are quarantined
-            raise ObjectReadError(
-                f"reading {obj.name} failed ({type(error).__name__}: {error}). Check that it still exists and "
-                f"that connection {self.spec.source.conn_id!r} may read it, then clear the run from list_groups "
-                f"on: the new listing leaves out what is gone, and records imported so far are recognised, "
-                f"not imported twice") from error
+            changed = error if isinstance(error, ObjectChanged) else changed_since_listed(obj)
+            if changed:
+                problem, after = (f": {changed}: ingest stopped rather than take records of two versions. Clear "
+                                  f"the run from list_groups on"), "the new listing reads the new version whole"
+            else:
+                problem, after = (f" ({type(error).__name__}: {error}). Check that it still exists and that "
+                                  f"connection {self.spec.source.conn_id!r} may read it, then clear the run from "
+                                  f"list_groups on"), "the new listing leaves out what is gone"
+            raise ObjectReadError(f"reading {obj.name} failed{problem}: {after}, and records imported so far "
+                                  f"are recognised, not imported twice") from error
 
     def _accept(self, fields: dict[str, Any], source: str, pending: _Pending) -> None:
         record = self.validator.validate(fields)
         key = record.content_hash
-        if source in self.committed_sources:
+        if (source, key) in self.committed:
             pending.counts["imported"] += 1  # an earlier attempt of this run imported it
         elif key in self.state.index or key in self.buffered_hashes:
             pending.counts["duplicate"] += 1

@@ -22,11 +22,14 @@ fanned-out run's groups, so mapped tasks finishing in any order never race on th
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import IO, Any
 
 from airflow.sdk import ObjectStoragePath
 
@@ -47,6 +50,8 @@ class SourceObject:
     fingerprint: str
     modified: datetime
     size: int = 0
+    #: Why ingest does not read it (a symbolic link, a FIFO...); None for a regular file.
+    refused: str | None = None
 
     @property
     def name(self) -> str:
@@ -67,8 +72,23 @@ def _modified(info: dict[str, Any]) -> datetime:
     return datetime.fromtimestamp(float(stamp), tz=timezone.utc)
 
 
+def fingerprint_of(info: dict[str, Any]) -> str:
+    """Which version of an object ``info`` (a listing's or an open file's details) describes: its ETag,
+    else its size and modification time."""
+    etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+    return f"etag:{etag}" if etag else f"size:{info.get('size')}:mtime:{_modified(info).timestamp()}"
+
+
+def _refusal(info: dict[str, Any]) -> str:
+    if info.get("islink"):
+        return (f"a symbolic link (to {info.get('destination')}): not followed, so no link leads ingest out of "
+                f"the source; copy the file into the source folder instead")
+    return "not a regular file (a FIFO, socket or device): not read; put a regular file there instead"
+
+
 def list_objects(folder: ObjectStoragePath) -> Iterator[SourceObject]:
-    """Every object under ``folder`` with a fingerprint (ETag or size+mtime), in one listing.
+    """Every object under ``folder`` with a fingerprint (ETag or size+mtime), in one listing; what is
+    not a regular file (a local symbolic link, even one to a folder) comes with why it is refused.
 
     A folder that does not exist yet is an empty source (nothing has landed); a bucket that does
     not exist is a mistake, which an object store would otherwise also answer with an empty listing."""
@@ -79,13 +99,77 @@ def list_objects(folder: ObjectStoragePath) -> Iterator[SourceObject]:
                                     f"connection's credentials cannot see it; create it or fix source.uri")
         return
     for path, info in sorted(folder.fs.find(folder.path, detail=True).items()):
-        if info.get("type", "file") != "file":
+        kind = info.get("type", "file")
+        if kind == "directory":
             continue
-        etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
-        modified = _modified(info)
-        fingerprint = f"etag:{etag}" if etag else f"size:{info.get('size')}:mtime:{modified.timestamp()}"
         full = folder / path.removeprefix(folder.path.rstrip("/")).lstrip("/")
-        yield SourceObject(full, fingerprint, modified, int(info.get("size") or 0))
+        yield SourceObject(full, fingerprint_of(info), _modified(info), int(info.get("size") or 0),
+                           None if kind == "file" and not info.get("islink") else _refusal(info))
+
+
+class ObjectChanged(OSError):
+    """The object is no longer the version that was listed: reading on would take records from another."""
+
+    def __init__(self, obj: SourceObject, now: str | None) -> None:
+        self.now = now
+        super().__init__(f"it changed after it was listed (listed as {obj.fingerprint}, now "
+                         f"{now or 'another version'})")
+
+
+def changed_since_listed(obj: SourceObject) -> ObjectChanged | None:
+    """``ObjectChanged`` when the store now holds another version of ``obj`` (asked afresh), else None
+    (the same version, or the store cannot say: gone, denied)."""
+    obj.path.fs.invalidate_cache(obj.path.path)
+    try:
+        now = fingerprint_of(obj.path.fs.info(obj.path.path))
+    except Exception:  # the read's own error says what is wrong
+        return None
+    return ObjectChanged(obj, now) if now != obj.fingerprint else None
+
+
+@contextmanager
+def open_listed(obj: SourceObject) -> Iterator[IO[bytes]]:
+    """The object's bytes, pinned to the version the listing saw: any other is ``ObjectChanged``, at
+    the open or during the read, before a byte of it is used.
+
+    An object store's file is opened on a fresh look (not a cached listing), and s3fs sends its ETag
+    with every ranged GET (``If-Match``), so a rewrite during the read fails the next GET. A local
+    file is checked (fstat: size and mtime) after every read: a replacing rename leaves the open file
+    the listed one, and a rewrite in place is seen at the read that could hold its bytes. Other stores
+    are checked at the open only."""
+    obj.path.fs.invalidate_cache(obj.path.path)
+    with obj.path.open("rb") as stream:
+        if is_local(obj.path):
+            checked = _Checked(obj, stream)
+            checked.check()
+            yield checked
+            return
+        details = getattr(stream, "details", None)  # fsspec's remote files: what their reads ask for
+        if isinstance(details, dict) and fingerprint_of(details) != obj.fingerprint:
+            raise ObjectChanged(obj, fingerprint_of(details))
+        yield stream
+
+
+class _Checked(io.RawIOBase):
+    """A local file whose version (fstat) is checked against the listed one after every read."""
+
+    def __init__(self, obj: SourceObject, stream: IO[bytes]) -> None:
+        self.obj, self.stream = obj, stream
+
+    def readable(self) -> bool:
+        return True
+
+    def check(self) -> None:
+        stat = os.fstat(self.stream.fileno())
+        now = fingerprint_of({"size": stat.st_size, "mtime": stat.st_mtime})
+        if now != self.obj.fingerprint:
+            raise ObjectChanged(self.obj, now)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.stream.read(len(buffer))
+        self.check()
+        buffer[: len(data)] = data
+        return len(data)
 
 
 class IngestState:
