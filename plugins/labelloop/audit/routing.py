@@ -17,9 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from labelloop.taskdata import SOURCE_TASK_FIELD
 from labelloop.hooks.labelstudio import LabelStudioHook
-from labelloop.taskdata import BATCH_FIELD, HASH_FIELD
+from labelloop.taskdata import BATCH_FIELD, HASH_FIELD, SOURCE_TASK_FIELD
 from labelloop.quality import disagreements
 from labelloop.spec import ProjectSpec
 
@@ -99,7 +98,10 @@ def route(hook: LabelStudioHook, spec: ProjectSpec, run: str, labels: pd.DataFra
     """Put newly selected items into the review project (created on first use); returns counts."""
     selected = select_for_review(labels, consensus, metrics["review"]["spot_check"],
                                  metrics["review"]["low_confidence"], spec.task_type.disagreements(labels))
+    from labelloop.ingest.images import connect_image_storage
+
     project, _ = hook.upsert_project(review_title(spec), **review_settings(spec))
+    connect_image_storage(hook, spec, project.id)  # reviewers see the images (s3:// URIs resolve there too)
     routed = {(task.data or {}).get(HASH_FIELD) for task in hook.iter_tasks(project.id)}
     new = [task for task in review_tasks(spec, selected, labels, consensus, tasks, run)
            if task["data"][HASH_FIELD] not in routed]

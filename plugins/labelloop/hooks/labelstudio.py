@@ -327,8 +327,11 @@ class LabelStudioHook(BaseHook):
     def iter_tasks(
         self, project_id: int, query: str | None = None, fields: str = "task_only", page_size: int = 1000
     ) -> Iterator[Any]:
-        """Every task of a project (the SDK pager follows the pages), optionally filtered."""
-        yield from self.client.tasks.list(project=project_id, query=query, fields=fields, page_size=page_size)
+        """Every task of a project (the SDK pager follows the pages), optionally filtered, with its data
+        as stored: Label Studio would otherwise rewrite an ``s3://`` URI into a proxy URL of its own,
+        which a model cannot read and which must never be written back into the task."""
+        yield from self.client.tasks.list(project=project_id, query=query, fields=fields, page_size=page_size,
+                                          resolve_uri=False)
 
     def iter_unlabeled_tasks(self, project_id: int) -> Iterator[Any]:
         """Tasks with no submitted (not skipped) annotation, judged from the annotations themselves.

@@ -73,10 +73,12 @@ def image_path(uri: str, folder: Path, n: int) -> str:
     if "://" not in uri:
         raise InputError(f"image {uri!r:.120} is not a URI; the detector reads Label Studio local-files URLs, "
                          f"file://, absolute paths and object store URIs (s3://...)")
-    from airflow.sdk import ObjectStoragePath
+    from labelloop.layout import storage_path
 
     local = folder / f"{n}{Path(uri.split('?')[0]).suffix}"
-    with ObjectStoragePath(uri).open("rb") as source, local.open("wb") as target:
+    # Without a connection an s3:// path would fall back to boto3's own credentials and endpoint.
+    conn_id = settings.AWS_CONN_ID if uri.startswith("s3://") else None
+    with storage_path(uri, conn_id).open("rb") as source, local.open("wb") as target:
         while chunk := source.read(1 << 20):
             target.write(chunk)
     return str(local)
