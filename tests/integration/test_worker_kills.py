@@ -32,7 +32,6 @@ from labelloop.collect.table import latest_path
 from labelloop.ingest.pipeline import Ingest
 from labelloop.dev.simulate import label_queue
 from labelloop.layout import storage_path
-from labelloop.model.prelabel import CHAMPION
 from labelloop.model.retrain import NothingToTrain, promote, refresh_prelabels, retrain
 from labelloop.project import ensure_project
 from labelloop.spec import load_spec
@@ -41,6 +40,7 @@ from labelloop.state import read_json
 from tests.faults.proxy import FaultProxy
 from tests.integration.test_faults_labelstudio import DOWNLOAD, IMPORT, collected, one_each, proxy  # noqa: F401
 from tests.integration.test_faults_mlflow import ALIAS, champion, history
+from tests.integration.test_faults_storage import CONN as S3_CONN, s3_proxy  # noqa: F401
 from tests.integration.test_ingest import write_messages
 
 pytestmark = pytest.mark.integration
@@ -115,6 +115,12 @@ def versions(client: MlflowClient, name: str) -> list[str]:
     return sorted(v.version for v in client.search_model_versions(f"name='{name}'"))
 
 
+def names(folder: Any) -> list[str]:
+    """The files in a storage folder as they are now (s3fs keeps listings of the test's process)."""
+    folder.fs.invalidate_cache()
+    return sorted(path.name for path in folder.iterdir())
+
+
 def predictions_per_version(hook: Any, project_id: int) -> tuple[int, Counter]:
     tasks = list(hook.iter_unlabeled_tasks(project_id))
     return len(tasks), Counter(p["model_version"] if isinstance(p, dict) else p.model_version
@@ -122,7 +128,7 @@ def predictions_per_version(hook: Any, project_id: int) -> tuple[int, Counter]:
 
 
 def test_a_stage_killed_midway_completes_once_on_retry(
-        proxy, labelstudio_hook, mlflow_server, make_spec, tmp_path) -> None:
+        proxy, labelstudio_hook, mlflow_server, make_spec, tmp_path) -> None:  # noqa: F811
     unique = write_messages(tmp_path / "raw", 240, files=1)
     path = make_spec(import_batch_size=60, annotation={"annotators_per_task": 3, "gold_fraction": 0.25},
                      quality={"min_gold_accuracy": 0.5, "min_kappa": 0.0, "min_alpha": 0.0},
@@ -193,7 +199,7 @@ def test_a_stage_killed_midway_completes_once_on_retry(
 
 
 def test_a_manual_and_a_scheduled_collect_racing_leave_the_later_one_latest(
-        proxy, labelstudio_hook, make_spec, tmp_path) -> None:
+        proxy, labelstudio_hook, make_spec, tmp_path) -> None:  # noqa: F811
     write_messages(tmp_path / "raw", 60, files=1)
     path = make_spec()
     spec, hook = load_spec(path), labelstudio_hook
@@ -228,3 +234,86 @@ def test_a_manual_and_a_scheduled_collect_racing_leave_the_later_one_latest(
     assert results[1]["latest"] and not results[0]["latest"]
     assert all(collected(spec, r["run"]) is not None for r in results)
     assert exports(hook, project_id) == []
+
+
+def test_audit_and_retrain_killed_before_their_outputs_are_done_complete_once_on_retry(
+        proxy, s3_proxy, s3_bucket, labelstudio_hook, mlflow_server, make_spec, tmp_path,  # noqa: F811
+        monkeypatch) -> None:
+    from labelloop.layout import Layout
+
+    write_messages(tmp_path / "raw", 120, files=1)
+    path = make_spec(storage_uri=f"s3://{s3_bucket}/kills", source={"conn_id": S3_CONN},
+                     annotation={"annotators_per_task": 3, "gold_fraction": 0.25},
+                     quality={"min_gold_accuracy": 0.5, "min_kappa": 0.0, "min_alpha": 0.0},
+                     model={"name": f"akills_{tmp_path.name[-8:]}", "min_score": 0.0, "promotion_margin": 0.0})
+    spec, hook = load_spec(path), labelstudio_hook
+    project_id, _ = ensure_project(hook, spec)
+    Ingest(spec, hook, "manual__ingest").run(project_id)
+    assert label_queue(hook, spec, project_id, 60, [0.9, 0.95, 1.0], seed=7, prefix="akills") == 180
+    collect(spec, hook, "manual__collect", "2026-12-01T10:00:00+00:00")
+    layout, out, run = Layout.of(spec), tmp_path / "xcom.json", "manual__audit"
+    folder = layout.audit_run(run)
+    client, name = MlflowClient(mlflow_server.url, mlflow_server.url), spec.model.name
+
+    # Audit killed while it writes its outputs (the S3 upload of metrics.json held): a partial folder.
+    held = s3_proxy.delay(HOLD, path=rf"/audit/{run}/metrics\.json$", method="PUT", after_forward=False)
+    kill_when(start_stage("audit", path, run, out), lambda: held.used == 1, "the upload of metrics.json")
+    s3_proxy.clear()
+    assert names(folder) == ["consensus.parquet"]  # no gate.json: not complete
+    assert "latest.json" not in names(layout.audit)
+
+    # Killed again while it logs to MLflow: every file written, latest.json not yet; an MLflow run open.
+    mlflow_conn = os.environ["AIRFLOW_CONN_MLFLOW_DEFAULT"]
+    with FaultProxy(mlflow_server.url) as registry:
+        monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", json.dumps({"conn_type": "http", "host": registry.url}))
+        batch = registry.delay(HOLD, path=r"/runs/log-batch$", method="POST", after_forward=False)
+        kill_when(start_stage("audit", path, run, out), lambda: batch.used == 1, "the audit's MLflow log")
+        monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", mlflow_conn)
+    assert names(folder) == ["consensus.parquet", "gate.json", "metrics.json", "report.html"]
+    assert "latest.json" not in names(layout.audit) and not out.exists()  # not taken as done
+
+    outcome = audit_latest(spec, run)  # Airflow's retry of the audit task
+    layout.audit.fs.invalidate_cache()
+    assert read_json(layout.audit / "latest.json", None)["audit"] == run
+    assert json.loads((folder / "gate.json").read_text()) == outcome["gate"] and outcome["gate"]["passed"]
+    quality = client.get_experiment_by_name(f"labelloop/{spec.name}/quality").experiment_id
+    (logged,) = client.search_runs([quality], filter_string=f"tags.labelloop_run = '{run}'")
+    assert logged.info.run_id == outcome["mlflow_run_id"] and logged.info.status == "FINISHED"
+    assert logged.data.params and logged.data.metrics["gate_passed"] == 1.0  # params of the killed attempt's run
+    routed = route_audit(spec, hook, outcome)
+    assert routed["selected"] > 0 and (routed["routed"], routed["already_routed"]) == (routed["selected"], 0)
+    (review,) = review_projects(hook, spec)
+    assert len(one_each(hook, review.id)) == routed["selected"]
+    again = route_audit(spec, hook, outcome)  # a retry of route: each item already there, once
+    assert (again["routed"], again["already_routed"]) == (0, routed["selected"])
+    mark_passed(spec, outcome)
+
+    # Retrain killed while it uploads the model (no version yet), then after its version landed
+    # (the registration's answer held): neither attempt decided anything.
+    with FaultProxy(mlflow_server.url) as registry:
+        upload = registry.delay(HOLD, path=r"/mlflow-artifacts/artifacts/.+/model\.pkl$", method="PUT",
+                                after_forward=False)
+        kill_when(start_stage("retrain", path, "manual__retrain", out, mlflow_url=registry.url),
+                  lambda: upload.used == 1, "the model upload")
+        assert client.search_registered_models(f"name='{name}'") == [] or versions(client, name) == []
+        registry.clear()
+        created = registry.delay(HOLD, path=r"/model-versions/create$", method="POST", after_forward=True)
+        kill_when(start_stage("retrain", path, "manual__retrain", out, mlflow_url=registry.url),
+                  lambda: created.used == 1 and bool(client.search_model_versions(f"name='{name}'")),
+                  "the version registered")
+    assert versions(client, name) == ["1"] and "validation_status" not in client.get_model_version(name, "1").tags
+    assert client.get_registered_model(name).aliases == {} and not out.exists()
+
+    trained = retrain(spec, mlflow_server.url)  # Airflow's retry of train: it decides on version 1
+    assert versions(client, name) == ["1"], "the retry registered a second version for one run"
+    assert trained["version"] == "1" and trained["promote"]
+    tags = client.get_model_version(name, "1").tags
+    assert tags["validation_status"] == "approved" and tags["train_digest"] == trained["train_digest"]
+    training = client.get_experiment_by_name(f"labelloop/{spec.name}/training").experiment_id
+    statuses = sorted(r.info.status for r in client.search_runs([training]))
+    assert statuses == ["FINISHED", "KILLED"], statuses  # the upload's orphan run marked, not left RUNNING
+    assert client.get_registered_model(name).aliases == {}  # the champion moves only in promote
+    assert promote(spec, mlflow_server.url, trained, "retrain DAG") and champion(client, name) == "1"
+    with pytest.raises(NothingToTrain, match="already trained on this data"):
+        retrain(spec, mlflow_server.url)
+    assert versions(client, name) == ["1"] and [m["version"] for m in history(client, name)] == ["1"]

@@ -164,7 +164,8 @@ def audit_latest(spec: ProjectSpec, run_id: str, review_url: str | None = None) 
             pq.write_table(consensus_table(other, audit, tables["tasks"]), local / f"consensus.{name}.parquet")
         (local / "gate.json").write_text(json.dumps(gate, indent=1), encoding="utf-8")
         out.mkdir(parents=True, exist_ok=True)
-        for file in sorted(local.iterdir()):
+        # gate.json last: a folder holding it is complete (a worker killed mid-write leaves none).
+        for file in sorted(local.iterdir(), key=lambda file: (file.name == "gate.json", file.name)):
             write_atomically(out / file.name, file.read_bytes())
         mlflow_run = log_to_mlflow(spec, run, metrics, gate, local, task_type)
     outcome = {"audit": run, "uri": str(out), "snapshot": folder.name, "gate": gate, "mlflow_run_id": mlflow_run,
@@ -284,13 +285,12 @@ def _log_run(uri: str, spec: ProjectSpec, run: str, metrics: dict[str, Any], gat
     experiment = client.get_experiment_by_name(name)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
     found = client.search_runs([experiment_id], filter_string=f"tags.labelloop_run = '{run}'", max_results=1)
-    if found:
-        run_id, params = found[0].info.run_id, []  # params are immutable; the first attempt set them
+    params = [Param(key, str(value)) for key, value in sorted(spec.quality.model_dump().items())]
+    if found:  # params are immutable: logged once, by the first attempt that got that far
+        run_id, params = found[0].info.run_id, [] if found[0].data.params else params
     else:
         run_id = client.create_run(experiment_id, run_name=run, tags={"labelloop_run": run,
                                                                         "labelloop_project": spec.name}).info.run_id
-        thresholds = spec.quality.model_dump()
-        params = [Param(key, str(value)) for key, value in sorted(thresholds.items())]
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in _scalars(metrics, gate, task_type).items()],
                      params=params)

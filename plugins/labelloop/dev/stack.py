@@ -126,7 +126,11 @@ class Server:
         )
         self.pid_path.write_text(str(self.process.pid))
         if wait:
-            self.wait_healthy()
+            try:
+                self.wait_healthy()
+            except BaseException:  # never leave a half-started server running in its own session
+                self.stop()
+                raise
         return self
 
     def wait_healthy(self) -> None:
@@ -301,6 +305,17 @@ def airflow_process(
 def airflow_server(state_dir: Path, port: int, connections: dict[str, dict]) -> Server:
     """`airflow standalone`: API server, scheduler, DAG processor and triggerer on SQLite."""
     return airflow_process("airflow", ["standalone"], airflow_env(state_dir, port, connections), state_dir, port)
+
+
+def standalone_scheduler(standalone: Server) -> Server:
+    """The scheduler of an ``airflow_server`` (`airflow standalone`) as a process of its own, with the
+    command and environment standalone gives it: how to start it again after it died (standalone
+    starts each component once and restarts none). Healthy when the API server reports its heartbeat."""
+    from labelloop.dev.production import component_healthy
+
+    return airflow_process("airflow-scheduler", ["scheduler"], standalone.env, standalone.state_dir,
+                           health_path=f"{standalone.url}/api/v2/monitor/health: scheduler healthy",
+                           health_check=component_healthy(standalone.url, "scheduler"))
 
 
 @dataclass

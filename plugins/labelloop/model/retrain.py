@@ -17,7 +17,7 @@ import pandas as pd
 from labelloop.hooks.labelstudio import LabelStudioHook
 from labelloop.layout import Layout
 from labelloop.taskdata import HASH_FIELD, PRIORITY_FIELD
-from labelloop.model.prelabel import registered_model, registry_errors, task_type_of
+from labelloop.model.prelabel import load_model, registered_model, registry_errors, task_type_of
 from labelloop.spec import ProjectSpec
 from labelloop.state import read_json, write_json
 
@@ -126,19 +126,30 @@ def retrain(spec: ProjectSpec, tracking_uri: str, force: bool = False, dry_run: 
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri)
     name = spec.model.name
+    experiment = f"labelloop/{spec.name}/training"
     with registry_errors(tracking_uri, f"looking for versions of {name} trained on this data"):
         seen = client.search_model_versions(f"name='{name}' and tag.train_digest='{lineage['train_digest']}'") \
             if registered_model(client, name) is not None else []
-    if seen and not force:
+        undecided = None if dry_run else undecided_version(client, name, experiment, lineage["train_digest"])
+    if seen and not force and undecided is None:
         raise NothingToTrain(f"version {seen[0].version} was already trained on this data (audit {passed['audit']}); "
                              f"trigger with force=true to train again")
-    pipeline = learner.fit(spec.model, train)
-    if dry_run:
-        return {"dry_run": True, **lineage, "metrics": _headline(learner.evaluate(pipeline, evaluation))}
-    with registry_errors(tracking_uri, f"registering a candidate of {name}"):
-        version, metrics = log_candidate(spec.model, pipeline, train, evaluation, lineage,
-                                         experiment=f"labelloop/{spec.name}/training", learner=learner)
-        client.set_model_version_tag(name, version.version, "train_digest", lineage["train_digest"])
+    if undecided is not None:  # an attempt killed after registering: decide on its version, register no other
+        log.info("version %s of %s was registered on this data by an attempt that never decided on it: "
+                 "deciding on it now", undecided.version, name)
+        with registry_errors(tracking_uri, f"evaluating {name} version {undecided.version}"):
+            candidate = load_model(learner.flavor, f"models:/{name}/{undecided.version}")
+            version, metrics = undecided, {**learner.evaluate(candidate, evaluation), "run_id": undecided.run_id}
+            client.set_model_version_tag(name, version.version, "train_digest", lineage["train_digest"])
+            client.set_terminated(undecided.run_id)
+    else:
+        pipeline = learner.fit(spec.model, train)
+        if dry_run:
+            return {"dry_run": True, **lineage, "metrics": _headline(learner.evaluate(pipeline, evaluation))}
+        with registry_errors(tracking_uri, f"registering a candidate of {name}"):
+            version, metrics = log_candidate(spec.model, pipeline, train, evaluation, lineage,
+                                             experiment=experiment, learner=learner)
+            client.set_model_version_tag(name, version.version, "train_digest", lineage["train_digest"])
     with registry_errors(tracking_uri, f"evaluating the champion of {name}"):
         champion = evaluate_champion(client, name, evaluation, learner)  # raises rather than read a failure as "none"
     decision = decide(spec.model, metrics, champion[1] if champion else None, learner)
@@ -152,6 +163,25 @@ def retrain(spec: ProjectSpec, tracking_uri: str, force: bool = False, dry_run: 
         "champion": _headline(champion[1]) if champion else None,
         "champion_version": champion[0].version if champion else None, "actor": actor,
     }
+
+
+def undecided_version(client: Any, name: str, experiment: str, digest: str) -> Any | None:
+    """The version an earlier attempt on this data registered but was killed before deciding on (its
+    training run carries the data's digest, the version no ``validation_status``), else None.
+
+    Runs of attempts killed before they registered anything are marked KILLED on the way (they would
+    stay RUNNING): Airflow starts a retry once it holds the earlier attempt dead."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    undecided = None
+    for run in client.search_runs([found.experiment_id], filter_string=f"tags.`lineage.train_digest` = '{digest}'"):
+        versions = client.search_model_versions(f"name='{name}' and run_id='{run.info.run_id}'")
+        if versions and "validation_status" not in versions[0].tags:
+            undecided = versions[0]
+        elif not versions and run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, "KILLED")
+    return undecided
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, float]:
