@@ -1,46 +1,41 @@
-"""The DAG factory: each project spec becomes its DAGs.
+"""The DAG factory: each project spec becomes its DAGs, built from labelloop's operators.
 
+What a DAG here runs is what a user composes from ``labelloop.operators`` in a DAG of their own;
+the few ``@task`` functions left are this factory's glue (asset events, the sign-off branch).
 Parse time reads only the spec files (YAML + the labeling config XML): no network, no
 database, no connections, no heavy imports. Tasks import what they need when they run.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pendulum
 from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, task
 
 from labelloop.layout import LATEST_SNAPSHOT, MANIFEST, PRELABELS, QUALITY_PASSED, asset_uri
+from labelloop.operators import (
+    AuditOperator,
+    FinishIngestOperator,
+    IngestGroupOperator,
+    LabelStudioExportOperator,
+    LabelStudioProjectOperator,
+    PlanIngestOperator,
+    PromoteCandidateOperator,
+    QualityGateOperator,
+    RefreshPrelabelsOperator,
+    RollbackChampionOperator,
+    RouteReviewOperator,
+    TrainCandidateOperator,
+)
+from labelloop.operators.ingest import RUN_CUTOFF
 from labelloop.spec import ProjectSpec, SpecError, load_specs
 
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
 DEFAULT_ARGS = {"owner": "labelloop", "retries": 3, "retry_delay": timedelta(seconds=30),
                 "retry_exponential_backoff": True}
-_Task = TypeVar("_Task", bound=Callable[..., Any])
-
-
-def fails_without_retry(func: _Task) -> _Task:
-    """A broken state file (``labelloop.state.StateError``) reads the same on every try: fail the task
-    at once with the error's advice instead of retrying. (The state module stays free of Airflow;
-    this is the one place that knows what a failure means to a task.)"""
-
-    @functools.wraps(func)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from labelloop.state import StateError
-
-        try:
-            return func(*args, **kwargs)
-        except StateError as error:
-            raise AirflowFailException(str(error)) from error
-
-    return run  # type: ignore[return-value]
 
 
 def project_dag(spec: ProjectSpec, stage: str, *, description: str, schedule: Any, doc_md: str = "",
@@ -73,12 +68,6 @@ def quality_passed_asset(spec: ProjectSpec) -> Asset:
                  group="labelloop")
 
 
-def _load(spec_path: str) -> ProjectSpec:
-    from labelloop.spec import load_spec
-
-    return load_spec(Path(spec_path))
-
-
 def setup_dag(spec: ProjectSpec) -> DAG:
     with project_dag(
         spec, "setup",
@@ -87,20 +76,7 @@ def setup_dag(spec: ProjectSpec) -> DAG:
         doc_md=f"Brings the Label Studio project **{spec.title}** in line with `{spec.spec_path}`: "
                "title, labeling config, instructions, annotators per task. Safe to run any time.",
     ) as dag:
-
-        @task
-        def ensure_project(spec_path: str) -> dict[str, Any]:
-            from labelloop.hooks.labelstudio import LabelStudioHook
-            from labelloop.ingest.images import connect_image_storage
-            from labelloop.project import connect_backend
-            from labelloop.project import ensure_project as ensure
-
-            hook, spec = LabelStudioHook(), _load(spec_path)
-            project_id, created = ensure(hook, spec)
-            return {"project_id": project_id, "created": created, "ml_backend": connect_backend(hook, project_id),
-                    "image_storage": connect_image_storage(hook, spec, project_id)}
-
-        ensure_project(str(spec.spec_path))
+        LabelStudioProjectOperator(task_id="ensure_project", spec_path=spec.spec_path)
     return dag
 
 
@@ -117,41 +93,10 @@ def ingest_dag(spec: ProjectSpec) -> DAG:
                "the run summary (its XCom). Every record ends imported, duplicate or quarantined. "
                "`announce` updates the tasks Asset (collect listens) only when tasks were imported.",
     ) as dag:
-        path = str(spec.spec_path)
-
-        @task
-        @fails_without_retry
-        def list_groups(spec_path: str, **context: Any) -> list[dict[str, Any]]:
-            from labelloop.hooks.labelstudio import LabelStudioHook
-            from labelloop.ingest.job import ingest_cutoff, plan_ingest
-
-            groups = plan_ingest(_load(spec_path), LabelStudioHook(), context["run_id"], ingest_cutoff(context))
-            print(f"{sum(len(group['objects']) for group in groups)} new objects in {len(groups)} groups")
-            return groups
-
-        @task(map_index_template="{{ group_label }}")
-        @fails_without_retry
-        def ingest_group(spec_path: str, group: dict[str, Any], **context: Any) -> dict[str, Any]:
-            from airflow.sdk import get_current_context
-
-            from labelloop.hooks.labelstudio import LabelStudioHook
-            from labelloop.ingest.job import ingest_group as import_group
-
-            get_current_context()["group_label"] = f"group {group['group']} ({len(group['objects'])} objects)"
-            result = import_group(_load(spec_path), LabelStudioHook(), context["run_id"], group)
-            print(f"group {result['group']}: {result['objects']} objects; " + ", ".join(
-                f"{name} {result[name]:,}" for name in ("read", "imported", "duplicate", "quarantined")))
-            return result
-
-        @task
-        @fails_without_retry
-        def reduce_summaries(spec_path: str, groups: list[dict[str, Any]], **context: Any) -> dict[str, Any]:
-            from labelloop.hooks.labelstudio import LabelStudioHook
-            from labelloop.ingest.job import finish_ingest, ingest_report
-
-            summary = finish_ingest(_load(spec_path), LabelStudioHook(), context["run_id"], list(groups))
-            print("\n".join(ingest_report(summary)))
-            return summary
+        plan = PlanIngestOperator(task_id="list_groups", spec_path=spec.spec_path, modified_before=RUN_CUTOFF)
+        results = IngestGroupOperator.partial(task_id="ingest_group", spec_path=spec.spec_path).expand(
+            group=plan.output)
+        summary = FinishIngestOperator(task_id="reduce_summaries", spec_path=spec.spec_path, groups=results.output)
 
         @task(outlets=[tasks_asset(spec)])
         def announce(summary: dict[str, Any], **context: Any) -> None:
@@ -165,8 +110,7 @@ def ingest_dag(spec: ProjectSpec) -> DAG:
             context["outlet_events"][tasks_asset(spec)].extra = {"run": summary["run"],
                                                                  "imported": summary["imported"]}
 
-        results = ingest_group.partial(spec_path=path).expand(group=list_groups(path))
-        announce(reduce_summaries(path, results))
+        announce(summary.output)
     return dag
 
 
@@ -209,23 +153,8 @@ def collect_dag(spec: ProjectSpec) -> DAG:
                               description="reconcile now: export the whole project and compare it with the "
                                           "incremental table")},
     ) as dag:
-
-        @task(outlets=[annotations_asset(spec)])
-        @fails_without_retry
-        def collect(spec_path: str, **context: Any) -> dict[str, Any]:
-            from labelloop.collect.snapshot import collect as collect_snapshot
-            from labelloop.hooks.labelstudio import LabelStudioHook
-
-            run_after = context["dag_run"].run_after.isoformat()
-            result = collect_snapshot(_load(spec_path), LabelStudioHook(), context["run_id"], run_after,
-                                      full=bool(context["params"].get("full")))
-            print(f"collect {result['run']}: {result['counts']} -> {result['uri']}"
-                  + ("" if result["latest"] else " (a later run owns collect/latest.json; left as is)"))
-            context["outlet_events"][annotations_asset(spec)].extra = {
-                "snapshot": result["snapshot"], "counts": result["counts"]}
-            return result
-
-        collect(str(spec.spec_path))
+        LabelStudioExportOperator(task_id="collect", spec_path=spec.spec_path, full="{{ params.full }}",
+                                  outlets=[annotations_asset(spec)])
     return dag
 
 
@@ -241,57 +170,11 @@ def audit_dag(spec: ProjectSpec) -> DAG:
                "doubtful items to the review project, and passes or fails the quality gate. Only a "
                "pass updates the asset retraining listens to. Details: docs/collect-audit.md.",
     ) as dag:
-
-        @task
-        @fails_without_retry
-        def audit(spec_path: str, **context: Any) -> dict[str, Any]:
-            from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
-
-            from labelloop.audit.run import NothingToAudit, audit_latest, review_project_url
-            from labelloop.hooks.labelstudio import LabelStudioHook
-            from labelloop.quality import InputError
-
-            project = _load(spec_path)
-            try:
-                outcome = audit_latest(project, context["run_id"], review_project_url(project, LabelStudioHook()))
-            except NothingToAudit as reason:
-                raise AirflowSkipException(str(reason)) from None
-            except InputError as error:  # the data, not the weather: retrying cannot help
-                raise AirflowFailException(f"the latest snapshot cannot be audited: {error}") from None
-            print(f"audit {outcome['audit']} of snapshot {outcome['snapshot']}: report at "
-                  f"{outcome['uri']}/report.html; {outcome['gate']['summary']}")
-            return outcome
-
-        @task
-        @fails_without_retry
-        def route(spec_path: str, outcome: dict[str, Any]) -> dict[str, Any]:
-            from labelloop.audit.run import route_audit
-            from labelloop.hooks.labelstudio import LabelStudioHook
-
-            routed = route_audit(_load(spec_path), LabelStudioHook(), outcome)
-            print(f"review: {routed['selected']} items selected {routed['reasons']}, {routed['routed']} newly "
-                  f"routed to project {routed['review_project_id']}")
-            return routed
-
-        @task(outlets=[quality_passed_asset(spec)], retries=0)
-        def gate(spec_path: str, outcome: dict[str, Any], **context: Any) -> dict[str, Any]:
-            from airflow.sdk.exceptions import AirflowFailException
-
-            from labelloop.audit.gate import gate_notifier
-            from labelloop.audit.run import mark_passed
-
-            verdict = outcome["gate"]
-            if not verdict["passed"]:
-                gate_notifier()({**context, "quality_gate": verdict})
-                raise AirflowFailException(verdict["summary"])
-            pointer = mark_passed(_load(spec_path), outcome)
-            context["outlet_events"][quality_passed_asset(spec)].extra = pointer
-            print(verdict["summary"])
-            return pointer
-
-        outcome = audit(str(spec.spec_path))
-        route(str(spec.spec_path), outcome)
-        gate(str(spec.spec_path), outcome)
+        audit = AuditOperator(task_id="audit", spec_path=spec.spec_path, route_review=False, link_review=True,
+                              apply_gate=False)
+        RouteReviewOperator(task_id="route", spec_path=spec.spec_path, outcome=audit.output)
+        QualityGateOperator(task_id="gate", spec_path=spec.spec_path, outcome=audit.output,
+                            outlets=[quality_passed_asset(spec)], retries=0)
     return dag
 
 
@@ -299,30 +182,6 @@ def prelabels_asset(spec: ProjectSpec) -> Asset:
     """Updated when the project's pre-labels were refreshed for a new champion."""
     return Asset(name=f"labelloop__{spec.name}__prelabels", uri=asset_uri(spec, PRELABELS),
                  group="labelloop")
-
-
-def _tracking_uri() -> str:
-    from labelloop.model.prelabel import required_tracking_uri
-
-    return required_tracking_uri()
-
-
-@fails_without_retry
-def _refresh(spec_path: str) -> dict[str, Any]:
-    from labelloop.hooks.labelstudio import LabelStudioHook
-    from labelloop.model.retrain import refresh_prelabels
-
-    result = refresh_prelabels(_load(spec_path), LabelStudioHook(), _tracking_uri())
-    print(f"pre-labels: {result}")
-    return result
-
-
-def _responder(answer: dict[str, Any] | None) -> str:
-    """Who answered the approval (Airflow's user name), or the DAG itself when none was asked."""
-    if not answer:
-        return "retrain DAG"
-    user = answer.get("responded_by_user") or {}
-    return f"{user.get('name') or 'nobody (timed out)'} in Airflow"
 
 
 def retrain_dag(spec: ProjectSpec) -> DAG:
@@ -344,44 +203,14 @@ def retrain_dag(spec: ProjectSpec) -> DAG:
                "spec's margin" + (" and a person approved it under Required Actions" if spec.model and
                                   spec.model.require_approval else "") + ". Then refreshes pre-labels.",
     ) as dag:
-
-        @task
-        @fails_without_retry
-        def train(spec_path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-            from airflow.sdk.exceptions import AirflowSkipException
-
-            from labelloop.model.retrain import NothingToTrain, retrain
-
-            params = params or {}
-            try:
-                outcome = retrain(_load(spec_path), _tracking_uri(), force=params.get("force", False),
-                                  dry_run=params.get("dry_run", False))
-            except NothingToTrain as reason:
-                raise AirflowSkipException(str(reason)) from None
-            if outcome.get("dry_run"):
-                raise AirflowSkipException(f"dry run: {outcome['metrics']}")
-            from labelloop.model.retrain import comparison_markdown
-
-            outcome["body"] = comparison_markdown(outcome, _tracking_uri())
-            print(outcome["body"])
-            return outcome
-
-        @task
-        def promote(spec_path: str, outcome: dict[str, Any], **context: Any) -> dict[str, Any]:
-            from labelloop.model.retrain import promote as move_alias
-
-            answer = context["ti"].xcom_pull(task_ids="approve") if "approve" in context["dag"].task_ids else None
-            moved = move_alias(_load(spec_path), _tracking_uri(), outcome, approved_by=_responder(answer))
-            print(f"version {outcome['version']}: {'promoted' if moved else 'not promoted'}: {outcome['reason']}")
-            return {"promoted": moved, "version": outcome["version"]}
-
-        @task(outlets=[prelabels_asset(spec)])
-        def refresh(spec_path: str, promoted: dict[str, Any]) -> dict[str, Any]:
-            return _refresh(spec_path)
-
-        outcome = train(str(spec.spec_path))
-        promoted = promote(str(spec.spec_path), outcome)
-        if spec.model is not None and spec.model.require_approval:
+        path = spec.spec_path
+        sign_off = spec.model is not None and spec.model.require_approval
+        train = TrainCandidateOperator(task_id="train", spec_path=path, force="{{ params.force }}",
+                                       dry_run="{{ params.dry_run }}")
+        promote = PromoteCandidateOperator(task_id="promote", spec_path=path, outcome=train.output,
+                                           approval_task_id="approve" if sign_off else None)
+        train >> promote
+        if sign_off:
             from airflow.providers.standard.operators.hitl import ApprovalOperator
             from airflow.sdk import TriggerRule
 
@@ -405,15 +234,17 @@ def retrain_dag(spec: ProjectSpec) -> DAG:
                 (A rejecting ApprovalOperator pushes no XCom: it skips its downstream by raising, so
                 "rejected" is read from `promote` not having run although the decision was to promote.)
                 """
+                from labelloop.model.prelabel import required_tracking_uri
                 from labelloop.model.retrain import reject
+                from labelloop.spec import load_spec
 
                 if outcome and outcome.get("promote") and context["ti"].xcom_pull(task_ids="promote") is None:
-                    reject(_load(spec_path), _tracking_uri(), outcome,
+                    reject(load_spec(Path(spec_path)), required_tracking_uri(), outcome,
                            by="sign-off in Airflow (Reject, or no answer in 7 days)")
 
-            needs_sign_off(outcome) >> approval >> promoted
-            promoted >> record_rejection(str(spec.spec_path), outcome)
-        refresh(str(spec.spec_path), promoted)
+            needs_sign_off(train.output) >> approval >> promote
+            promote >> record_rejection(str(path), train.output)
+        promote >> RefreshPrelabelsOperator(task_id="refresh", spec_path=path, outlets=[prelabels_asset(spec)])
     return dag
 
 
@@ -428,12 +259,8 @@ def registry_watch_dag(spec: ProjectSpec) -> DAG:
                "the unannotated tasks.",
         tag="retrain",
     ) as dag:
-
-        @task(outlets=[prelabels_asset(spec)])
-        def refresh_if_moved(spec_path: str) -> dict[str, Any]:
-            return _refresh(spec_path)
-
-        refresh_if_moved(str(spec.spec_path))
+        RefreshPrelabelsOperator(task_id="refresh_if_moved", spec_path=spec.spec_path,
+                                 outlets=[prelabels_asset(spec)])
     return dag
 
 
@@ -448,18 +275,10 @@ def rollback_dag(spec: ProjectSpec) -> DAG:
         retries=0,
         tag="retrain",
     ) as dag:
-
-        @task
-        def rollback(spec_path: str, params: dict[str, Any] | None = None) -> None:
-            from labelloop.model.retrain import rollback as point_back
-
-            point_back(_load(spec_path), _tracking_uri(), str(params["version"]), actor="rollback DAG")
-
-        @task(outlets=[prelabels_asset(spec)])
-        def refresh(spec_path: str) -> dict[str, Any]:
-            return _refresh(spec_path)
-
-        rollback(str(spec.spec_path)) >> refresh(str(spec.spec_path))
+        rollback = RollbackChampionOperator(task_id="rollback", spec_path=spec.spec_path,
+                                            version="{{ params.version }}")
+        rollback >> RefreshPrelabelsOperator(task_id="refresh", spec_path=spec.spec_path,
+                                             outlets=[prelabels_asset(spec)])
     return dag
 
 

@@ -51,10 +51,10 @@ def get_provider_info() -> dict[str, Any]:
         "integrations": [{"integration-name": INTEGRATION, "external-doc-url": "https://labelstud.io/guide/",
                           "tags": ["service"]}],
         "hooks": _modules("hooks.labelstudio"),
-        "operators": _modules("operators.labelstudio", "operators.audit", "operators.model"),
+        "operators": _modules("operators.ingest", "operators.labelstudio", "operators.audit", "operators.model"),
         "triggers": _modules("triggers.labelstudio"),
         "notifications": ["labelloop.notifications.quality.QualityGateNotifier"],
-        "extra-links": ["labelloop.operators.links.LabelStudioProjectLink"],
+        "extra-links": ["labelloop.operators.links.LabelStudioProjectLink", "labelloop.operators.links.MLflowRunLink"],
         "connection-types": [{
             "connection-type": "labelstudio",
             "hook-class-name": HOOK_CLASS,

@@ -15,6 +15,7 @@ import logging
 import re
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from labelloop.audit.run import audit_latest
 from labelloop.factory import retrain_dag
 from labelloop.layout import storage_path
 from labelloop.model.prelabel import CHAMPION, RegistryError
+from labelloop.operators import TrainCandidateOperator
 from labelloop.settings import MLFLOW_CONN_ID
 from labelloop.dev.simulate import label_queue
 from labelloop.spec import load_spec
@@ -91,10 +93,12 @@ def test_mlflow_outage(run_dag, labelstudio_hook, own_mlflow, make_spec, tmp_pat
     stopped = re.escape(f"MLflow at {url} failed")
 
     # The retrain DAG's train step: not "already trained" skipped, not "first model": a fast failure.
-    train = retrain_dag(spec).task_dict["train"].python_callable
+    train = retrain_dag(spec).task_dict["train"]
+    assert isinstance(train, TrainCandidateOperator)
     started = time.monotonic()
     with pytest.raises(RegistryError, match=stopped):
-        train(str(path), params={})
+        TrainCandidateOperator(task_id=train.task_id, spec_path=train.spec_path).execute(
+            {"ti": SimpleNamespace(dag_id=retrain_dag(spec).dag_id)})
     assert time.monotonic() - started < FAST
 
     # The registry watch fails (it used to succeed with "no champion").

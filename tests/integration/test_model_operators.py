@@ -14,7 +14,14 @@ import pytest
 from mlflow import MlflowClient
 
 from labelloop.model.prelabel import CHAMPION
-from labelloop.operators import PromoteCandidateOperator, RefreshPrelabelsOperator, TrainCandidateOperator
+from labelloop.model.registry import champion_history
+from labelloop.operators.links import MLflowRunLink
+from labelloop.operators import (
+    PromoteCandidateOperator,
+    RefreshPrelabelsOperator,
+    RollbackChampionOperator,
+    TrainCandidateOperator,
+)
 from labelloop.project import ensure_project
 from labelloop.spec import load_spec
 
@@ -55,11 +62,27 @@ def test_train_promote_refresh_operators(airflow_db, labelstudio_hook, mlflow_se
     assert xcom(run, "promote") == {"promoted": True, "version": "1"}
     client = MlflowClient()
     assert client.get_model_version_by_alias(model, CHAMPION).version == "1"
+    # The task's "MLflow run" link: the UI's direct run page of the run that trained version 1.
+    assert xcom(run, "train", MLflowRunLink.xcom_key) == f"{mlflow_server.url}/#/runs/{outcome['run_id']}"
+    assert client.get_model_version(model, "1").run_id == outcome["run_id"]
     refreshed = xcom(run, "refresh")
     assert refreshed["refreshed"] == 1, refreshed  # the project's one unannotated task
     (task,) = labelstudio_hook.iter_tasks(project_id)
     predictions = list(labelstudio_hook.client.predictions.list(task=task.id))
     assert [p.model_version for p in predictions] == [refreshed["model_version"]]
+
+    # Roll back: a version 2 made champion by hand (in the MLflow UI, say); the operator points back at 1.
+    first = client.get_model_version(model, "1")
+    second = client.create_model_version(model, first.source, run_id=first.run_id)
+    client.set_registered_model_alias(model, CHAMPION, second.version)
+    with DAG(dag_id=f"user_rollback_{spec.name}", schedule=None, start_date=pendulum.datetime(2026, 1, 1),
+             catchup=False, params={"version": "1"}) as back:
+        RollbackChampionOperator(task_id="rollback", spec_path=str(path), version="{{ params.version }}")
+    register(back)
+    assert str(back.test().get_task_instances()[0].state) == "success"
+    assert client.get_model_version_by_alias(model, CHAMPION).version == "1"
+    moved = champion_history(client, model)[-1]
+    assert (moved["version"], moved["by"]) == ("1", f"user_rollback_{spec.name}.rollback"), moved
 
     with pytest.raises(ValueError, match="TrainCandidateOperator's output"):
         PromoteCandidateOperator(task_id="p", spec_path=str(path), outcome="not an outcome").execute({})

@@ -24,7 +24,7 @@ from labelloop.collect.table import (
     ANNOTATIONS_SCHEMA, TASKS_SCHEMA, latest_snapshot, point_latest, read_latest, read_parquet, to_table,
     write_parquet, write_snapshot,
 )
-from labelloop.factory import fails_without_retry
+from labelloop.operators.base import fails_without_retry
 from labelloop.ingest.state import IngestState
 from labelloop.spec import load_spec
 from labelloop.state import StateError, read_json, write_json

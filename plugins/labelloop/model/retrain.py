@@ -195,7 +195,12 @@ def comparison_markdown(outcome: dict[str, Any], tracking_uri: str) -> str:
     return (f"Candidate **version {outcome['version']}** vs champion **{outcome.get('champion_version') or 'none'}** "
             f"on {outcome['n_eval']} gold items ({outcome['reason']}).\n\n"
             f"| metric | candidate | champion |\n|---|---|---|\n{rows}\n\n"
-            f"MLflow run: {tracking_uri}/#/experiments/runs/{outcome['run_id']}")
+            f"MLflow run: {run_page_url(tracking_uri, outcome['run_id'])}")
+
+
+def run_page_url(tracking_uri: str, run_id: str) -> str:
+    """The run's page in the MLflow UI (its direct-run route, which needs no experiment id)."""
+    return f"{tracking_uri.rstrip('/')}/#/runs/{run_id}"
 
 
 def promote(spec: ProjectSpec, tracking_uri: str, outcome: dict[str, Any], approved_by: str) -> bool:

@@ -1,10 +1,13 @@
-"""What labelloop's operators share: a project spec, the Label Studio connection, the hook."""
+"""What labelloop's operators share: a project spec, the Label Studio connection, the hook, and
+how a task reports a broken state file, a templated flag and its asset events."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow.sdk import BaseOperator
 
@@ -13,6 +16,38 @@ from labelloop import settings
 if TYPE_CHECKING:
     from labelloop.hooks.labelstudio import LabelStudioHook
     from labelloop.spec import ProjectSpec
+
+_Task = TypeVar("_Task", bound=Callable[..., Any])
+
+
+def fails_without_retry(func: _Task) -> _Task:
+    """A broken state file (``labelloop.state.StateError``) reads the same on every try: fail the task
+    at once with the error's advice instead of retrying. (The state module stays free of Airflow;
+    this is the one place that knows what a failure means to a task.)"""
+
+    @functools.wraps(func)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from labelloop.state import StateError
+
+        try:
+            return func(*args, **kwargs)
+        except StateError as error:
+            raise AirflowFailException(str(error)) from error
+
+    return run  # type: ignore[return-value]
+
+
+def as_flag(value: bool | str, name: str) -> bool:
+    """A flag that may come from a template (``"{{ params.force }}"`` renders ``"True"``): only a
+    bool or the words true/false are accepted, since ``bool("False")`` would be True."""
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in {"true", "false"}:
+        return word == "true"
+    raise ValueError(f"{name} is {value!r}: give true or false")
 
 
 class SpecOperator(BaseOperator):
@@ -46,3 +81,16 @@ class SpecOperator(BaseOperator):
             return load_spec(Path(self.spec_path))
         except SpecError as error:
             raise AirflowFailException(f"{self.task_id}: {error}") from None
+
+    def actor(self, context: Any) -> str:
+        """Who did it, for the registry's history: this task of this DAG."""
+        return f"{context['ti'].dag_id}.{self.task_id}"
+
+    def describe_outlets(self, context: Any, extra: dict[str, Any]) -> None:
+        """Attach ``extra`` to the asset events of this task's outlets (what a listening DAG reads
+        from ``triggering_asset_events``); a task without outlets has nothing to describe."""
+        from airflow.sdk import Asset
+
+        for outlet in self.outlets:
+            if isinstance(outlet, Asset):
+                context["outlet_events"][outlet].extra = extra

@@ -1,22 +1,20 @@
-"""Operators for your own DAGs: get data into Label Studio, wait for people, get answers out.
+"""Operators on a Label Studio project: set it up, wait for people, get their answers out.
 
-Thin wrappers over the same code the labelloop DAGs run (``labelloop.ingest.job``,
+Thin wrappers over the code the setup and collect DAGs are built from (``labelloop.project``,
 ``labelloop.collect.snapshot``), so a task of yours and a labelloop DAG share the project's
-journal and snapshots in the spec's ``storage_uri``. Example DAG: docs/provider.md.
+snapshots in the spec's ``storage_uri``. Example DAG: docs/provider.md.
 """
 
 from __future__ import annotations
 
 import time
-
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseOperator
 
 from labelloop import settings
-from labelloop.factory import fails_without_retry
-from labelloop.operators.base import SpecOperator
+from labelloop.operators.base import SpecOperator, as_flag, fails_without_retry
 from labelloop.operators.links import LabelStudioProjectLink
 from labelloop.triggers.labelstudio import COUNTED, LabelStudioAnnotationsTrigger, LabelStudioExportTrigger
 
@@ -24,51 +22,32 @@ if TYPE_CHECKING:
     from labelloop.hooks.labelstudio import LabelStudioHook
 
 
-class LabelStudioImportOperator(SpecOperator):
-    """Import the spec's new source objects as Label Studio tasks (the ingest DAG's ``ingest``).
+class LabelStudioProjectOperator(SpecOperator):
+    """Create the spec's Label Studio project, or bring it in line with the spec (title, labeling
+    config, instructions, annotators per task), connect the pre-label backend and, for image
+    projects, the image storage (the setup DAG's ``ensure_project``). Safe to run any time.
+    Returns ``project_id``, ``created``, ``ml_backend`` and ``image_storage``."""
 
-    Creates or updates the project first. Every record ends imported, duplicate or quarantined;
-    a re-run imports nothing twice. Returns the run summary (``project_id``, ``imported``, ...).
-
-    Takes every new object there when it runs, so objects an upstream task of the same run wrote
-    are imported; ``modified_before`` (templated, e.g. ``"{{ data_interval_end }}"``) leaves
-    later ones to a later run, as the ingest DAG does on its schedule.
-    """
-
-    template_fields = (*SpecOperator.template_fields, "modified_before")
     operator_extra_links = (LabelStudioProjectLink(),)
     ui_color = "#ffe3cc"
 
-    def __init__(self, *, modified_before: datetime | str | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.modified_before = modified_before
-
-    def cutoff(self) -> datetime | None:
-        if self.modified_before is None or isinstance(self.modified_before, datetime):
-            return self.modified_before
-        import pendulum
-
-        try:
-            return pendulum.parse(str(self.modified_before))
-        except ValueError as error:
-            raise ValueError(f"{self.task_id}: modified_before {self.modified_before!r} is not a date and "
-                             f"time (give ISO 8601, e.g. 2026-01-01T00:00:00+00:00): {error}") from None
-
-    @fails_without_retry
     def execute(self, context: Any) -> dict[str, Any]:
-        from labelloop.ingest.job import ingest_report, run_ingest
+        from labelloop.ingest.images import connect_image_storage
+        from labelloop.project import connect_backend, ensure_project
 
-        summary = run_ingest(self.load_spec(), self.hook, context["run_id"], self.cutoff())
-        LabelStudioProjectLink.persist(context, self.hook.project_url(summary["project_id"]))
-        for line in ingest_report(summary):
-            self.log.info("%s", line)
-        return summary
+        spec = self.load_spec()
+        project_id, created = ensure_project(self.hook, spec)
+        LabelStudioProjectLink.persist(context, self.hook.project_url(project_id))
+        return {"project_id": project_id, "created": created, "ml_backend": connect_backend(self.hook, project_id),
+                "image_storage": connect_image_storage(self.hook, spec, project_id)}
 
 
 class LabelStudioExportOperator(SpecOperator):
     """Snapshot the project's annotations (and its review project's) into Parquet tables under
     ``<storage_uri>/collect/`` (the collect DAG's ``collect``); returns the snapshot's manifest.
-    ``full=True`` asks for a full reconciliation now, whatever the spec's collect settings say.
+    ``full=True`` asks for a full reconciliation now, whatever the spec's collect settings say
+    (templated: the collect DAG passes ``"{{ params.full }}"``). Its outlets' asset events carry
+    the snapshot's id and counts.
 
     ``deferrable=True`` (the default): an export snapshot Label Studio has not built within
     ``grace`` seconds is waited for by ``LabelStudioExportTrigger`` in the triggerer (one status call
@@ -77,10 +56,11 @@ class LabelStudioExportOperator(SpecOperator):
     ``deferrable=False`` waits in the worker (up to ``LabelStudioHook.wait_export``'s 30 minutes).
     """
 
+    template_fields = (*SpecOperator.template_fields, "full")
     operator_extra_links = (LabelStudioProjectLink(),)
     ui_color = "#ffe3cc"
 
-    def __init__(self, *, full: bool = False, deferrable: bool = True, grace: float = 5.0,
+    def __init__(self, *, full: bool | str = False, deferrable: bool = True, grace: float = 5.0,
                  poll_interval: float = 5.0, export_timeout: timedelta = timedelta(minutes=30),
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -136,10 +116,12 @@ class LabelStudioExportOperator(SpecOperator):
         from labelloop.collect.snapshot import collect
 
         result = collect(self.load_spec(), hook, context["run_id"],
-                         context["dag_run"].run_after.isoformat(), full=bool(self.full))
+                         context["dag_run"].run_after.isoformat(), full=as_flag(self.full, f"{self.task_id}: full"))
         if result["project_id"] is not None:
             LabelStudioProjectLink.persist(context, hook.project_url(result["project_id"]))
-        self.log.info("snapshot %s: %s -> %s", result["run"], result["counts"], result["uri"])
+        self.log.info("snapshot %s: %s -> %s%s", result["run"], result["counts"], result["uri"],
+                      "" if result["latest"] else " (a later run owns collect/latest.json; left as is)")
+        self.describe_outlets(context, {"snapshot": result["snapshot"], "counts": result["counts"]})
         return result
 
 

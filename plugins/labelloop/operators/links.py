@@ -1,8 +1,12 @@
-"""The "Label Studio project" button on a labelloop task: a link to the project it worked on."""
+"""The buttons on a labelloop task: the Label Studio project it worked on, the MLflow run it trained.
+
+Cheap by construction: each URL is recorded (``persist``) while the task runs, under the link's
+own XCom key, and only read back for the UI; no connection or server is asked when a page renders.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperatorLink
 
@@ -10,20 +14,30 @@ if TYPE_CHECKING:
     from airflow.sdk import BaseOperator
     from airflow.sdk.types import TaskInstanceKey
 
-#: The XCom key under which a task records its project's URL (by ``persist``, during execute).
-XCOM_KEY = "labelstudio_project_url"
 
+class RecordedLink(BaseOperatorLink):
+    """A link whose URL the task recorded under ``xcom_key``; empty until the task recorded one."""
 
-class LabelStudioProjectLink(BaseOperatorLink):
-    """Cheap by construction: the URL is recorded while the task runs, never looked up for the UI."""
-
-    name = "Label Studio project"
+    xcom_key: ClassVar[str]
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
         from airflow.sdk.execution_time.xcom import XCom
 
-        return XCom.get_value(key=XCOM_KEY, ti_key=ti_key) or ""
+        return XCom.get_value(key=self.xcom_key, ti_key=ti_key) or ""
 
-    @staticmethod
-    def persist(context: Any, url: str) -> None:
-        context["ti"].xcom_push(key=XCOM_KEY, value=url)
+    @classmethod
+    def persist(cls, context: Any, url: str) -> None:
+        context["ti"].xcom_push(key=cls.xcom_key, value=url)
+
+
+class LabelStudioProjectLink(RecordedLink):
+    name = "Label Studio project"
+    xcom_key = "labelstudio_project_url"
+
+
+class MLflowRunLink(RecordedLink):
+    """The MLflow run that trained and evaluated the candidate (its metrics, model and lineage)."""
+
+    name = "MLflow run"
+    xcom_key = "mlflow_run_url"
+
