@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_ingest, beside this file
 
-from bench_ingest import BUCKET, DOC, REPO, ServerSampler, run_child, write_objects, write_spec  # noqa: E402
+from bench_ingest import BUCKET, DOC, ServerSampler, run_child, write_objects, write_spec  # noqa: E402
 
 MiB = 1024 * 1024
 

@@ -103,6 +103,7 @@ def run_policy(policy: str, share: float, spec: Any, texts: list[str], hashes: l
     unlabeled = [i for i in (order if policy == "random" else pool) if i not in start]
     test_texts, test_truth = [texts[i] for i in test], truth[test]
     rows, picks_random_share = [], 0
+    model: Any = None  # the previous round's model ranks the pool (round 0 starts from `initial`)
     for round_index, size in enumerate(sizes):
         started = time.perf_counter()
         if round_index:

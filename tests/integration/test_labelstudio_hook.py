@@ -3,7 +3,6 @@ and against a closed port: an outage names Label Studio, the connection and the 
 
 import json
 import logging
-import os
 import time
 
 import pytest

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from labelloop.model.learner import promotion_metric
 from labelloop.model.train import evaluate, fit, numeric

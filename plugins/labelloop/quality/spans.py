@@ -848,7 +848,6 @@ def candidate_features(texts: pd.Series, items: pd.Index, cand_item: np.ndarray,
     length = np.minimum(last - first + 1, 5)
     member_cand, member_token = _expand(first, last - first + 1)
     n_cand = len(cand_item)
-    pad = pd.Series(["<edge>"])
 
     def at(values: pd.Series, position: np.ndarray, inside: np.ndarray) -> pd.Series:
         picked = values.to_numpy()[np.clip(position, 0, n_tokens - 1)].astype(object)
