@@ -121,7 +121,8 @@ def labeled_asset(spec: ProjectSpec) -> Asset:
 
     from labelloop.triggers.labelstudio import LabelStudioAnnotationsChangedTrigger
 
-    trigger = LabelStudioAnnotationsChangedTrigger(title=spec.title, poll_interval=spec.collect.watch_seconds)
+    trigger = LabelStudioAnnotationsChangedTrigger(title=spec.title, poll_interval=spec.collect.watch_seconds,
+                                                   storage_uri=spec.storage_uri, storage_conn_id=spec.source.conn_id)
     return Asset(name=f"labelloop__{spec.name}__labeled", group="labelloop",
                  watchers=[AssetWatcher(name=f"labelloop__{spec.name}__annotations_watch", trigger=trigger)])
 
