@@ -71,14 +71,18 @@ def test_train_promote_refresh_operators(airflow_db, labelstudio_hook, mlflow_se
     predictions = list(labelstudio_hook.client.predictions.list(task=task.id))
     assert [p.model_version for p in predictions] == [refreshed["model_version"]]
 
-    # Roll back: a version 2 made champion by hand (in the MLflow UI, say); the operator points back at 1.
-    first = client.get_model_version(model, "1")
-    second = client.create_model_version(model, first.source, run_id=first.run_id)
-    client.set_registered_model_alias(model, CHAMPION, second.version)
+    # Roll back: a forced retrain registers version 2 (equal data: not promoted), a person makes it
+    # champion by hand (in the MLflow UI, say), and the operator points the alias back at 1.
     with DAG(dag_id=f"user_rollback_{spec.name}", schedule=None, start_date=pendulum.datetime(2026, 1, 1),
              catchup=False, params={"version": "1"}) as back:
         RollbackChampionOperator(task_id="rollback", spec_path=str(path), version="{{ params.version }}")
+    with DAG(dag_id=f"user_retrain_{spec.name}", schedule=None, start_date=pendulum.datetime(2026, 1, 1),
+             catchup=False) as again:
+        TrainCandidateOperator(task_id="train", spec_path=str(path), force=True)
+    register(again)
     register(back)
+    assert str(again.test().get_task_instances()[0].state) == "success"
+    client.set_registered_model_alias(model, CHAMPION, "2")
     assert str(back.test().get_task_instances()[0].state) == "success"
     assert client.get_model_version_by_alias(model, CHAMPION).version == "1"
     moved = champion_history(client, model)[-1]

@@ -117,7 +117,7 @@ def run_project_loop(profile: ProductionProfile, spec: Any, key: str, lines: lis
     seen["collect"] = airflow.xcom(dag["collect"], collect, "collect")
     audit = airflow.wait_for_triggered_run(dag["audit"], after=started, timeout=1200)
     assert audit["state"] == "success", f"{spec.name}: audit {audit} (the quality gate failed?)"
-    retrain = airflow.wait_for_triggered_run(dag["retrain"], after=started, timeout=1200)
+    retrain = airflow.wait_for_triggered_run(dag["retrain"], after=started, timeout=1200, worked="train")
     assert retrain["state"] == "success", f"{spec.name}: retrain {retrain}"
     forced = airflow.run(dag["retrain"], conf={"force": True}, timeout=1200)["run_id"]
     for name, run_id in (("first", retrain["run_id"]), ("again", forced)):

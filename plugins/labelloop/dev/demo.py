@@ -92,14 +92,22 @@ class Airflow:
         return self.call("PATCH", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
                          json={"chosen_options": options})
 
-    def wait_for_triggered_run(self, dag_id: str, after: str, timeout: float = 1800) -> dict[str, Any]:
-        """Wait for the first run of ``dag_id`` queued after ``after`` (an Asset event started it)."""
+    def wait_for_triggered_run(self, dag_id: str, after: str, timeout: float = 1800,
+                               worked: str | None = None) -> dict[str, Any]:
+        """Wait for the first run of ``dag_id`` queued after ``after`` (an Asset event started it).
+
+        With ``worked``, the first such run in which that task did not skip: the annotations watcher
+        can start a collect of its own while the demo's runs, and the retrain its audit queues finds
+        that data trained on already."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             runs = self.call("GET", f"/dags/{dag_id}/dagRuns", params={
-                "run_after_gte": after, "order_by": "run_after", "limit": 1})["dag_runs"]
-            if runs and runs[0]["state"] in {"success", "failed"}:
-                return {"run_id": runs[0]["dag_run_id"], "state": runs[0]["state"]}
+                "run_after_gte": after, "order_by": "run_after", "limit": 50})["dag_runs"]
+            for run in runs:
+                if run["state"] not in {"success", "failed"}:
+                    break  # an earlier run is still going: the one wanted may be this one
+                if worked is None or self.task_states(dag_id, run["dag_run_id"]).get(worked) != "skipped":
+                    return {"run_id": run["dag_run_id"], "state": run["state"]}
             time.sleep(2)
         raise StackError(f"no finished run of {dag_id} after {after} within {timeout:.0f} s")
 
@@ -205,7 +213,7 @@ def run_loop(config: StackConfig, spec: ProjectSpec, airflow: Airflow) -> None:
         if airflow.task_states(f"{prefix}__audit", audit["run_id"]).get("gate") != "success":
             print("  the quality gate failed: no retraining this round")
             continue
-        retrain = airflow.wait_for_triggered_run(f"{prefix}__retrain", after=started)
+        retrain = airflow.wait_for_triggered_run(f"{prefix}__retrain", after=started, worked="train")
         trained = airflow.xcom(f"{prefix}__retrain", retrain["run_id"], "train") or {}
         print(f"  retrain: version {trained.get('version')} — "
               f"{'promoted' if trained.get('promote') else 'not promoted'}: {trained.get('reason')}", flush=True)
