@@ -241,25 +241,6 @@ def test_symlinks_in_a_local_source_are_skipped_objects_with_their_reason(labels
 def test_two_collects_racing_for_latest_json_on_s3_leave_the_later_run_after(s3_bucket) -> None:
     """PutObject with If-Match / If-None-Match: the one that read a pointer another moved since
     reads and decides again (the check-then-write it replaces lost about half of these rounds)."""
-    import threading
+    from tests.unit.test_versioned_storage import race_for_latest
 
-    from labelloop.collect.table import point_latest
-
-    root = storage_path(f"s3://{s3_bucket}/labelloop", AWS_CONN_ID)
-    for round_ in range(30):
-        early, late = (f"early_{round_}", f"2026-12-01T10:{round_:02d}:00+00:00"), \
-                      (f"late_{round_}", f"2026-12-01T10:{round_:02d}:30+00:00")
-        start, moved = threading.Barrier(2), {}
-
-        def collect(run: str, run_after: str) -> None:
-            start.wait()
-            moved[run] = point_latest(root, run, run_after, {"tasks": round_})
-
-        order = (early, late) if round_ % 2 else (late, early)
-        threads = [threading.Thread(target=collect, args=pair) for pair in order]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        pointer = read_latest(root)
-        assert (pointer["run"], pointer["run_after"], moved[late[0]]) == (late[0], late[1], True), round_
+    race_for_latest(storage_path(f"s3://{s3_bucket}/labelloop", AWS_CONN_ID), 30)

@@ -102,9 +102,10 @@ def test_write_if_moves_a_file_only_from_the_version_read(tmp_path, caplog) -> N
     assert "memory offers labelloop no conditional write, so this compare-then-write is not atomic" in caplog.text
 
 
-def test_two_collects_racing_for_latest_json_leave_the_later_run_after(tmp_path) -> None:
-    root = local(tmp_path / "store")
-    for round_ in range(200):
+def race_for_latest(root, rounds: int) -> None:
+    """Two collects move ``latest.json`` at the same instant, each round in the other order: the
+    later ``run_after`` must end latest every time (shared with the S3 test in test_faults_storage.py)."""
+    for round_ in range(rounds):
         early, late = (f"early_{round_}", f"2026-12-01T{round_ // 60:02d}:{round_ % 60:02d}:00+00:00"), \
                       (f"late_{round_}", f"2026-12-01T{round_ // 60:02d}:{round_ % 60:02d}:30+00:00")
         start, moved = threading.Barrier(2), {}
@@ -121,3 +122,7 @@ def test_two_collects_racing_for_latest_json_leave_the_later_run_after(tmp_path)
             thread.join()
         pointer = read_latest(root)
         assert (pointer["run"], pointer["run_after"], moved[late[0]]) == (late[0], late[1], True), round_
+
+
+def test_two_collects_racing_for_latest_json_leave_the_later_run_after(tmp_path) -> None:
+    race_for_latest(local(tmp_path / "store"), 200)
