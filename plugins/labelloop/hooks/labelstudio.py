@@ -230,12 +230,14 @@ class LabelStudioHook(BaseHook):
 
     def upsert_project(self, title: str, **settings_: Any) -> tuple[Any, bool]:
         """Create the project or bring its settings to ``settings_``; returns (project, created)."""
-        project = self.find_project(title)
-        if project is None:
+        same = self._titled(title)
+        if not same:
             created = self._create_project(title, settings_)
             project = self._settle_concurrent_creates(title)
             if created is not None and project.id == created.id:
                 return created, True
+        else:
+            project = same[0] if len(same) == 1 else self._settle_concurrent_creates(title)
         changed = {key: value for key, value in settings_.items() if getattr(project, key, None) != value}
         if changed:
             project = self.client.projects.update(project.id, **changed)
@@ -261,24 +263,37 @@ class LabelStudioHook(BaseHook):
                 time.sleep(min(2.0**attempt, 30.0))
         return None
 
-    def _settle_concurrent_creates(self, title: str) -> Any:
+    def _settle_concurrent_creates(self, title: str, rounds: int = 10) -> Any:
         """Titles are not unique in Label Studio, and two workers may create the same project at
-        once (a scheduled ingest and the setup DAG; Label Studio on SQLite even repeats a create
-        that hit a lock). Every creator keeps the oldest and deletes the newer empty copies."""
+        once (a scheduled ingest and the setup DAG; on SQLite, Label Studio's
+        ``DatabaseIsLockedRetryMiddleware`` even replays a create that hit a lock, so one POST can
+        make several). Every creator keeps the oldest and deletes the newer empty copies, until
+        two listings in a row agree: one listing can miss a copy still being committed. Copies
+        that hold tasks are refused by name, as ``find_project`` does."""
         from label_studio_sdk.core.api_error import ApiError
 
-        same = self._titled(title)
-        for extra in same[1:]:
-            if extra.task_number:
-                continue  # has work in it: find_project will refuse the duplicate title clearly
-            self.log.warning("project %r was created more than once: keeping id %s, deleting id %s",
-                             title, same[0].id, extra.id)
-            try:
-                self.client.projects.delete(extra.id)
-            except ApiError as error:
-                if error.status_code != 404:  # another creator deleted it first
-                    raise
-        return same[0]
+        kept = None
+        for _ in range(rounds):
+            same = self._titled(title)
+            if not same:
+                raise LabelStudioError(f"project {title!r} was created but is gone: was it deleted meanwhile?")
+            empty = [extra for extra in same[1:] if not extra.task_number]
+            if same[0].id == kept and not empty:
+                if len(same) > 1:
+                    return self.find_project(title)  # raises: the copies left hold tasks
+                return same[0]
+            kept = same[0].id
+            for extra in empty:
+                self.log.warning("project %r was created more than once: keeping id %s, deleting id %s",
+                                 title, kept, extra.id)
+                try:
+                    self.client.projects.delete(extra.id)
+                except ApiError as error:
+                    if error.status_code != 404:  # another creator deleted it first
+                        raise
+            time.sleep(0.2)
+        raise LabelStudioError(f"copies of project {title!r} kept appearing for {rounds} rounds; "
+                               f"is something creating it in a loop?")
 
     def ensure_view(self, project_id: int, title: str, ordering: list[str]) -> int:
         """A Data Manager tab with this title and ordering (created once, then left to people)."""
@@ -514,15 +529,17 @@ class LabelStudioHook(BaseHook):
             if view_id is not None:
                 self._delete_quietly("view", lambda: self.client.views.delete(id=view_id))
 
-    def _delete_leftovers(self, project_id: int, title: str) -> None:
+    def _delete_leftovers(self, project_id: int, title: str, keep_exports: frozenset[int] = frozenset(),
+                          keep_views: frozenset[int] = frozenset()) -> None:
         """An attempt killed mid-export (SIGKILL runs no ``finally``) leaves its snapshot and view
-        behind; titles are per run, so the next attempt of the run finds and deletes them."""
+        behind; titles are per run, so the next attempt of the run finds and deletes them. The kept
+        ids are the ones this attempt still uses."""
         for export in self.client.projects.exports.list(project_id):
-            if export.title == title:
+            if export.title == title and export.id not in keep_exports:
                 self._delete_quietly("export", lambda export=export: self.client.projects.exports.delete(
                     project_id, export.id))
         for view in self.client.views.list(project=project_id):
-            if (view.data or {}).get("title") == title:
+            if (view.data or {}).get("title") == title and view.id not in keep_views:
                 self._delete_quietly("view", lambda view=view: self.client.views.delete(id=view.id))
 
     def _delete_quietly(self, what: str, delete: Any) -> None:
