@@ -59,6 +59,8 @@ class ResumableExports(LabelStudioHook):
         return str(self.client.projects.exports.get(project_id, export_id).status or "")
 
     def _begin(self, key: str, project_id: int, title: str, filters: dict[str, Any] | None) -> dict[str, Any]:
+        self._delete_leftovers(project_id, title, keep_exports=self._in_use("export_id"),
+                               keep_views=self._in_use("view_id"))
         view_id = None if filters is None else int(self.client.views.create(
             project=project_id, data={"title": title, "filters": filters}).id)
         self.started[key] = {"key": key, "project_id": project_id, "view_id": view_id, "export_id": None,
@@ -66,6 +68,9 @@ class ResumableExports(LabelStudioHook):
         export = self._start_export(project_id, title, view_id)
         self.started[key].update(export_id=int(export.id), created_at=export.created_at.isoformat())
         return self.started[key]
+
+    def _in_use(self, name: str) -> frozenset[int]:
+        return frozenset(item[name] for item in self.started.values() if item[name] is not None)
 
     def clean_up(self) -> None:
         """Delete every snapshot and view this task started (our Parquet copy is the record)."""
