@@ -14,6 +14,8 @@ of ``include/projects/sms_spam.yaml``):
 ``labelloop``   ``Ingest(spec, hook, run_id).run(project_id)``: streams the objects through
                 ObjectStoragePath, validates, de-duplicates by content hash, journals every
                 batch in S3 and imports in batches of ``--batch-size`` (exactly-once import).
+``labelloop-2`` the same with two batches in flight at once (``IMPORTS_IN_FLIGHT = 2``; the
+                default is one): what concurrent POSTs do to this Label Studio.
 ``raw-sdk``     what a user writes by hand: boto3 downloads each object, ``json.loads`` every
                 line into a list of ``{"data": record}`` and ``projects.import_tasks`` posts it
                 in chunks of ``--batch-size``. No validation, no de-duplication, no journal.
@@ -61,7 +63,7 @@ SPEC = REPO / "include" / "projects" / "sms_spam.yaml"
 DOC = REPO / "docs" / "benchmarks.md"
 BUCKET = "bench"
 TOKEN = "labelloop-bench-token-0123456789abcdef"
-METHODS = ("raw-sdk", "labelloop", "ls-s3-sync")
+METHODS = ("raw-sdk", "labelloop", "labelloop-2", "ls-s3-sync")
 MiB = 1024 * 1024
 
 
@@ -88,6 +90,7 @@ class Timers:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self.calls: dict[str, int] = {}
+        self.lock = threading.Lock()
 
     def wrap(self, owner: Any, name: str, label: str, consume: bool = False) -> None:
         original = getattr(owner, name)
@@ -98,8 +101,9 @@ class Timers:
                 result = original(*args, **kwargs)
                 return list(result) if consume else result
             finally:
-                self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - started
-                self.calls[label] = self.calls.get(label, 0) + 1
+                with self.lock:  # two sending threads time their POSTs at once
+                    self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - started
+                    self.calls[label] = self.calls.get(label, 0) + 1
 
         setattr(owner, name, timed)
 
@@ -113,15 +117,19 @@ def child_labelloop(args: argparse.Namespace) -> dict[str, Any]:
 
     spec = load_spec(Path(args.spec))
     hook = LabelStudioHook()
+    pipeline.IMPORTS_IN_FLIGHT = args.in_flight or pipeline.IMPORTS_IN_FLIGHT
     timers = Timers()
-    # Where does the time go? Nested timers: reading contains ordering the batches and the waits
-    # for a free place in the import queue (one timer also holds the final wait for the last
-    # imports, which comes after reading); the import thread's _send contains import_batch, which
-    # contains the per-attempt Data Manager lookup (iter_tasks) and the POST (import_tasks).
+    # Where does the time go? Nested timers: reading contains ordering the batches, writing their
+    # pending markers and the waits for a free place in the import queue (one timer also holds
+    # the final wait for the last imports, which comes after reading); a sending thread's _send
+    # contains import_batch, which contains the per-attempt Data Manager lookup (iter_tasks) and
+    # the POST (import_tasks); the recording thread's _record commits each batch. Threads run at
+    # once, so their seconds add up to more than the wall time.
     timers.wrap(Ingest, "_read_object", "read+validate+hash (objects)")
     timers.wrap(pipeline, "priorities", "  order each batch (priorities)")
-    timers.wrap(_ImportQueue, "wait_oldest", "  waiting for the import thread (queue full, or the end)")
-    timers.wrap(Ingest, "_send", "import thread: send batch (journal + POST)")
+    timers.wrap(_ImportQueue, "wait_oldest", "  waiting for the import queue (full, or the end)")
+    timers.wrap(Ingest, "_send", "sending threads: POST")
+    timers.wrap(Ingest, "_record", "recording thread: commit to the journal")
     timers.wrap(LabelStudioHook, "import_batch", "  hook.import_batch")
     timers.wrap(LabelStudioHook, "iter_tasks", "    Data Manager lookup of landed tasks", consume=True)
     timers.wrap(state, "write_json", "  journal writes (write_json)")
@@ -263,7 +271,7 @@ def write_objects(s3: Any, n: int, per_object: int) -> tuple[str, int, int]:
     return prefix, objects, size
 
 
-def write_spec(folder: Path, n: int, batch_size: int, attempt: int = 0, **overrides: Any) -> Path:
+def write_spec(folder: Path, n: int, batch_size: int, attempt: int | str = 0, **overrides: Any) -> Path:
     """The SMS spec reading raw-N/, with its own journal folder per run (a shared one would skip);
     ``overrides`` replace top-level keys (``name``, ``schedules``, ``ingest``...)."""
     import yaml
@@ -365,17 +373,18 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def breakdown(rows: list[dict[str, Any]]) -> str:
     """Where labelloop's wall time goes, per size (nested timers: indented = inside the line above)."""
-    ours = [row for row in rows if row["method"] == "labelloop"]
+    ours = [row for row in rows if row["method"].startswith("labelloop")]
     if not ours:
         return ""
     names = list(ours[0]["timers"])
     order = ["read+validate+hash (objects)", "  order each batch (priorities)",
-             "  waiting for the import thread (queue full, or the end)",
-             "import thread: send batch (journal + POST)", "  hook.import_batch",
+             "  waiting for the import queue (full, or the end)",
+             "sending threads: POST", "  hook.import_batch",
              "    Data Manager lookup of landed tasks", "    POST import_tasks",
+             "recording thread: commit to the journal",
              "  journal writes (write_json)", "  journal reads (read_json)"]
     names = [name for name in order if name in names] + [name for name in names if name not in order]
-    head = "| labelloop: seconds in | " + " | ".join(f"N={row['n']:,}" for row in ours) + " |"
+    head = "| seconds in | " + " | ".join(f"{row['method']} N={row['n']:,}" for row in ours) + " |"
     lines = [head, "|---|" + "---:|" * len(ours)]
     for name in names:
         cells = []
@@ -404,7 +413,7 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--per-object", type=int, default=10_000, help="records per JSONL object")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=["raw-sdk", "labelloop", "ls-s3-sync"])
     parser.add_argument("--skip", nargs="*", default=[], metavar="N:METHOD",
                         help="leave out one method at one size, e.g. 100000:ls-s3-sync")
     parser.add_argument("--doc", type=Path, default=DOC, help="markdown file the results are appended to")
@@ -426,6 +435,7 @@ def main() -> int:
     parser.add_argument("--token", default=TOKEN, help=argparse.SUPPRESS)
     parser.add_argument("--profile-to", help=argparse.SUPPRESS)
     parser.add_argument("--run-id", help=argparse.SUPPRESS)
+    parser.add_argument("--in-flight", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child_main(args)
@@ -488,12 +498,13 @@ def main() -> int:
                         continue  # the slow one runs once
                     project = client.projects.create(title=f"bench {n} {method} {attempt}", **settings).id
                     with ServerSampler(server.process.pid) as sampler:
-                        if method == "labelloop":
-                            profile = work / f"labelloop-{n}-{attempt}.prof"
-                            spec_path = write_spec(work, n, args.batch_size, attempt)
-                            result = run_child(method, args, [
+                        if method.startswith("labelloop"):
+                            profile = work / f"{method}-{n}-{attempt}.prof"
+                            spec_path = write_spec(work, n, args.batch_size, f"{method}-{attempt}")
+                            result = run_child("labelloop", args, [
                                 "--project", str(project), "--n", str(n), "--spec", str(spec_path),
                                 "--run-id", f"bench__{n}__{attempt}",
+                                *(["--in-flight", "2"] if method == "labelloop-2" else []),
                                 *(["--profile-to", str(profile)] if args.profile else [])])
                             if args.profile:
                                 import pstats

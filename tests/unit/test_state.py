@@ -88,12 +88,26 @@ def test_a_truncated_index_is_named_and_ingest_can_rebuild_it(root) -> None:
 
 def test_a_missing_file_is_the_default_and_a_leftover_temporary_file_is_no_journal(root) -> None:
     state = IngestState(root, "manual__1")
-    assert (state.manifest, state.index, state.pending_batch()) == ({}, {}, None)
+    assert (state.manifest, state.index, state.pending_batches()) == ({}, {}, [])
     put(state.run_dir / "objects" / ".a.json.0123456789ab.tmp", b'{"object": "half')
     assert state.finished_objects() == {}
     put(state.run_dir / "batches" / "00000000.json", b'{"seq": 0, "tasks": {')
     with pytest.raises(StateError, match=r"batches/00000000.json is not valid JSON .*delete it and clear"):
         state.committed_batches()
+
+
+def test_batches_in_flight_each_keep_their_marker_until_committed(root) -> None:
+    """Two batches are sent at once, so each has its own pending marker; the single marker of
+    earlier versions is still settled."""
+    state = IngestState(root, "manual__1")
+    first, second = state.begin_batch(0, ["a"]), state.begin_batch(1, ["b"])
+    put(state.run_dir / "pending.json", json.dumps({"seq": 7, "batch_id": "manual__1:7", "hashes": ["c"]}).encode())
+    assert [(batch["seq"], batch["batch_id"]) for batch in state.pending_batches()] == [
+        (0, first), (1, second), (7, "manual__1:7")]
+    state.commit_batch(1, second, {"b": {"id": 2, "source": "x#1"}})
+    state.drop_old_marker()
+    assert [batch["seq"] for batch in state.pending_batches()] == [0]
+    assert [batch["seq"] for batch in state.committed_batches()] == [1]
 
 
 # Collect's pointer ------------------------------------------------------------------------

@@ -5,9 +5,9 @@ quarantined (with its reason); the counts add up per object and per run. The wor
 journaled in object storage (see ``state``), so a re-run changes nothing and a run killed
 half-way resumes without duplicates.
 
-Reading, validation, hashing and pre-labeling overlap with the imports: the journal and POST
-of each batch run on one import thread (``_ImportQueue``), one batch after another as the
-journal needs, while the run prepares the next.
+Reading, validation, hashing and pre-labeling overlap with the imports (``_ImportQueue``): the
+run marks the next batch in flight in the journal and prepares it while one is POSTed, and a
+recording thread commits the sent batches to the journal in order, off the POSTs' path.
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ log = logging.getLogger(__name__)
 #: Pre-labels for a batch of task data dicts: one prediction (or None) per task.
 Predictor = Callable[[list[dict[str, Any]]], list[dict[str, Any] | None]]
 COUNTS = ("read", "imported", "duplicate", "quarantined")
-#: Batches prepared and waiting while Label Studio writes the one before (the queue's bound):
-#: one keeps the server busy; more would only hold more tasks in memory.
-PREPARED_AHEAD = 1
+#: Batches sent at once. One: the next POST leaves as soon as the last is answered, its journal
+#: commit done meanwhile. Two were 3x slower against Label Studio on SQLite, whose
+#: DatabaseIsLockedRetryMiddleware makes concurrent imports wait out locks (docs/benchmarks.md).
+IMPORTS_IN_FLIGHT = 1
 
 
 def is_gold(content: str, fraction: float) -> bool:
@@ -129,7 +130,7 @@ class Ingest:
         self._resume()
         earlier = self.state.finished_objects()
         finished: dict[str, dict[str, Any]] = {}
-        with _ImportQueue(PREPARED_AHEAD) as self.queue:
+        with _ImportQueue(IMPORTS_IN_FLIGHT) as self.queue:
             for obj in objects:
                 if obj.name in earlier:
                     finished[obj.name] = earlier[obj.name]
@@ -161,8 +162,7 @@ class Ingest:
         for batch in self.state.run_batches():
             self._remember(batch)
         self.next_seq = max((batch["seq"] + 1 for batch in self.state.committed_batches()), default=0)
-        pending = self.state.pending_batch()
-        if pending:
+        for pending in self.state.pending_batches():
             landed = {task.data[HASH_FIELD]: {"id": task.id, "source": task.data.get(SOURCE_FIELD)}
                       for task in self.hook.iter_tasks(self.project_id, query=data_filter(BATCH_FIELD, pending["batch_id"]))}
             log.info("settling interrupted batch %s: %d of %d tasks had landed",
@@ -170,6 +170,7 @@ class Ingest:
             batch = self.state.commit_batch(pending["seq"], pending["batch_id"], landed)
             self._remember(batch)
             self.next_seq = max(self.next_seq, batch["seq"] + 1)
+        self.state.drop_old_marker()
 
     def _remember(self, batch: dict[str, Any]) -> None:
         self.state.index.update(dict.fromkeys(batch["tasks"], self.state.run))
@@ -243,7 +244,8 @@ class Ingest:
             pending.counts["imported"] += 1
             self.buffered_hashes.add(key)
             data = {**record.data, HASH_FIELD: key, ID_FIELD: record.item_id, SOURCE_FIELD: source}
-            meta = {"item_id": record.item_id, "source": source, "label": record.label,
+            # The item id and source are in the data; meta holds what annotators must not see.
+            meta = {"label": record.label,
                     "gold": record.label is not None and is_gold(key, self.spec.annotation.gold_fraction)}
             self.buffer.append({"data": data, "meta": meta})
 
@@ -293,46 +295,59 @@ class Ingest:
             task["data"][PRIORITY_FIELD] = value
         seq = self.next_seq
         self.next_seq += 1
-        self._queue().submit(lambda: self._send(seq, tasks))
-
-    def _send(self, seq: int, tasks: list[dict[str, Any]]) -> None:
-        """On the import thread: pending marker, POST, commit (one batch in flight, as the journal
-        needs). The reading thread only tests membership in the sets this updates, which the GIL
-        keeps whole; a hash moves into the index before it leaves ``buffered_hashes``."""
-        hashes = [task["data"][HASH_FIELD] for task in tasks]
-        batch_id = self.state.begin_batch(seq, hashes)
+        # Marked in flight here, while the batch before is being sent, so the marker costs the
+        # POSTs nothing; a batch marked but never sent settles on resume as an empty one.
+        batch_id = self.state.begin_batch(seq, [task["data"][HASH_FIELD] for task in tasks])
         for task in tasks:
             task["data"][BATCH_FIELD] = batch_id
-        # Fresh: its pending marker was written just now, so no earlier attempt sent it.
-        ids = self.hook.import_batch(self.project_id, tasks, batch_id, key_field=HASH_FIELD,
-                                     batch_field=BATCH_FIELD, fresh=True)
+        self._queue().submit(lambda ids: self._record(seq, tasks, ids), send=lambda: self._send(batch_id, tasks))
+
+    def _send(self, batch_id: str, tasks: list[dict[str, Any]]) -> dict[str, int]:
+        """On a sending thread: the POST; content hash -> task id. Fresh: its pending marker was
+        written by this attempt, so no earlier attempt sent it."""
+        return self.hook.import_batch(self.project_id, tasks, batch_id, key_field=HASH_FIELD,
+                                      batch_field=BATCH_FIELD, fresh=True)
+
+    def _record(self, seq: int, tasks: list[dict[str, Any]], ids: dict[str, int]) -> None:
+        """On the recording thread, in batch order: commit a sent batch to the journal. The
+        reading thread only tests membership in the sets this updates, which the GIL keeps whole;
+        a hash moves into the index before it leaves ``buffered_hashes``."""
+        batch_id = tasks[0]["data"][BATCH_FIELD]
         sources = {task["data"][HASH_FIELD]: task["data"][SOURCE_FIELD] for task in tasks}
         batch = self.state.commit_batch(seq, batch_id, {key: {"id": ids[key], "source": sources[key]} for key in ids})
         self._remember(batch)
-        self.buffered_hashes.difference_update(hashes)
+        self.buffered_hashes.difference_update(sources)
         log.info("batch %s: %d tasks imported", batch_id, len(tasks))
 
 
 class _ImportQueue:
-    """One thread that runs import steps in the order given, with at most ``ahead`` waiting
-    behind the running one (``submit`` blocks past that). A step that fails stops every step
-    after it, so no batch goes out after one whose outcome is unknown; its error is raised in
-    the caller at the next ``submit`` or at ``drain``."""
+    """Import steps in the order given. A step may have a ``send`` (the POST), run on one of
+    ``in_flight`` sending threads as soon as it is submitted; its ``record`` runs on the one
+    recording thread, in submission order, with the send's result. At most ``in_flight`` steps
+    wait behind the one recording (``submit`` blocks past that). A failure stops every send and
+    record not started yet, so no batch goes out after one whose outcome is unknown (beyond the
+    ones already in flight, which the journal marks); the error is raised in the caller at the
+    next ``submit`` or at ``drain``."""
 
-    def __init__(self, ahead: int) -> None:
-        self.ahead = ahead
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelloop-import")
+    def __init__(self, in_flight: int) -> None:
+        self.ahead = in_flight
+        self.senders = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="labelloop-send")
+        self.recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labelloop-record")
         self.inflight: deque[Future[Any]] = deque()
         self.results: list[Any] = []
         self.failed: BaseException | None = None
 
-    def submit(self, step: Callable[[], Any]) -> None:
+    def submit(self, record: Callable[..., Any], send: Callable[[], Any] | None = None) -> None:
         while len(self.inflight) > self.ahead:
             self.wait_oldest()
-        self.inflight.append(self.pool.submit(self._run, step))
+        if send is None:
+            self.inflight.append(self.recorder.submit(self._run, record))
+            return
+        sent = self.senders.submit(self._run, send)
+        self.inflight.append(self.recorder.submit(self._run, lambda: record(sent.result())))
 
     def wait_oldest(self) -> None:
-        """Block until the oldest step is done (re-raising its error)."""
+        """Block until the oldest step is recorded (re-raising its error)."""
         self.results.append(self.inflight.popleft().result())
 
     def drain(self) -> list[Any]:
@@ -347,16 +362,18 @@ class _ImportQueue:
         try:
             return step()
         except BaseException as error:
-            self.failed = error
+            if self.failed is None:
+                self.failed = error
             raise
 
     def __enter__(self) -> _ImportQueue:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        # On an error, the running step finishes (its batch is journaled either way) and the
-        # waiting ones are dropped: the run's next attempt settles and resumes from the journal.
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        # On an error, the sends already running finish (their batches are marked in flight either
+        # way) and the waiting steps are dropped: the next attempt settles and resumes from the journal.
+        self.senders.shutdown(wait=True, cancel_futures=True)
+        self.recorder.shutdown(wait=True, cancel_futures=True)
 
 
 class _LazyWriter:

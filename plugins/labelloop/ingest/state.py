@@ -6,9 +6,9 @@ Layout under ``<storage_uri>/ingest/``::
     index.json.gz                       content hash -> run that imported it (one per task)
     runs/<run>/objects/<obj>.json       an object finished by this run, with its counts
     runs/<run>/batches/<n>.json         a batch committed to Label Studio (hash -> task id, source)
-    runs/<run>/pending.json             the batch in flight: settled on resume
+    runs/<run>/pending/<n>.json         a batch in flight (up to two at once): settled on resume
     runs/<run>/plan.json                a fanned-out run's groups of objects (see ``groups``)
-    runs/<run>/groups/<g>/...           group g's own journal (batches/, pending.json) and its
+    runs/<run>/groups/<g>/...           group g's own journal (batches/, pending/) and its
                                         summary.json (the entries of the objects it finished)
     runs/<run>/summary.json             the run's counts
     quarantine/<run>/<obj>.jsonl        records that were refused, with their reasons
@@ -223,24 +223,36 @@ class IngestState:
         journals = [self.run_dir, *(sorted(groups.iterdir(), key=lambda path: path.name) if groups.exists() else [])]
         return [batch for journal in journals for batch in self.committed_batches(journal)]
 
-    def pending_batch(self) -> dict[str, Any] | None:
-        return self._journal(self.journal / "pending.json")
+    def pending_batches(self) -> list[dict[str, Any]]:
+        """This task's batches in flight when it was interrupted, oldest first. (``pending.json``
+        is the single marker earlier labelloop versions wrote, settled the same way.)"""
+        markers = [*json_files(self.journal / "pending"), self.journal / "pending.json"]
+        batches = (self._journal(path) for path in markers)
+        return sorted((batch for batch in batches if batch), key=lambda batch: batch["seq"])
 
     @staticmethod
     def _journal(path: ObjectStoragePath) -> dict[str, Any] | None:
         return read_json(path, None, expect=dict, remedy=JOURNAL_REMEDY)
 
+    def _pending_path(self, seq: int) -> ObjectStoragePath:
+        return self.journal / "pending" / f"{seq:08d}.json"
+
     def begin_batch(self, seq: int, hashes: list[str]) -> str:
+        """Mark a batch in flight before it is sent, so a resumed run looks up what landed."""
         batch_id = f"{self.run}:{seq}" if self.group is None else f"{self.run}:g{self.group}:{seq}"
-        write_json(self.journal / "pending.json", {"seq": seq, "batch_id": batch_id, "hashes": hashes})
+        write_json(self._pending_path(seq), {"seq": seq, "batch_id": batch_id, "hashes": hashes})
         return batch_id
 
     def commit_batch(self, seq: int, batch_id: str, tasks: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """Record a landed batch: content hash -> {task id, source object#line}."""
         batch = {"seq": seq, "batch_id": batch_id, "tasks": tasks}
         write_json(self.journal / "batches" / f"{seq:08d}.json", batch)
-        (self.journal / "pending.json").unlink(missing_ok=True)
+        self._pending_path(seq).unlink(missing_ok=True)
         return batch
+
+    def drop_old_marker(self) -> None:
+        """Remove the single marker of earlier versions (``pending.json``) once its batch is settled."""
+        (self.journal / "pending.json").unlink(missing_ok=True)
 
     # End of run ---------------------------------------------------------------------------
 
