@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from typing import Any
 
 import pandas as pd
@@ -19,12 +20,16 @@ from labelloop.layout import Layout
 from labelloop.taskdata import HASH_FIELD, PRIORITY_FIELD
 from labelloop.model.prelabel import load_model, registered_model, registry_errors, task_type_of
 from labelloop.spec import ProjectSpec
-from labelloop.state import read_json, write_json
+from labelloop.state import encode_json, parse_json, read_json, read_versioned, write_if, write_json
 
 log = logging.getLogger(__name__)
 PASSED_REMEDY = "run the audit DAG: an audit that passes the quality gate rewrites it"
 PRELABELS_REMEDY = ("delete it: the next pre-label refresh re-predicts the unannotated tasks with the champion "
                     "(and the queue's generation count starts again)")
+#: Seconds a refresh that stopped writing its marker still counts as running: the retrain
+#: DAG's refresh and the registry watch both start one when the alias moves, and the second
+#: must not predict and re-order the same tasks at once. Each step writes within a few minutes.
+REFRESH_LEASE_SECONDS = 900.0
 
 
 #: The metrics the approval's comparison table shows, where the kind measures them.
@@ -261,12 +266,15 @@ def leave_for_refresh(spec: ProjectSpec, run: str, reason: str) -> None:
     write_json(_missing_marker(spec), {"run": run, "reason": reason})
 
 
-def refresh_prelabels(spec: ProjectSpec, hook: LabelStudioHook, tracking_uri: str, batch_size: int = 500) -> dict[str, Any]:
+def refresh_prelabels(spec: ProjectSpec, hook: LabelStudioHook, tracking_uri: str, batch_size: int = 500,
+                      owner: str = "") -> dict[str, Any]:
     """Re-predict the project's unannotated tasks with the champion and put its most uncertain
     first in the labeling queue, once per champion version.
 
     Resumable: the marker records the last task id whose prediction was imported, so a re-run
     after a crash imports no prediction twice; re-ordering skips priorities already written.
+    One at a time: the marker names its ``owner`` (a task, the same in each of its tries) and
+    when it last wrote; another owner leaves a running refresh alone (``REFRESH_LEASE_SECONDS``).
     """
     from labelloop.model.prelabel import load_champion
 
@@ -277,16 +285,13 @@ def refresh_prelabels(spec: ProjectSpec, hook: LabelStudioHook, tracking_uri: st
         missing_path.unlink(missing_ok=True)  # the first champion's refresh predicts every task
         return {"refreshed": 0, "reason": "no champion"}
     model_version, predict = champion
-    marker = _read_marker(spec)
-    if marker.get("model_version") != model_version:
-        marker = {"model_version": model_version, "generation": int(marker.get("generation", 0)) + 1,
-                  "predicted_through": 0, "done": False}
-        write_json(marker_path, marker)
-    elif missing and marker.get("done"):
-        log.info("ingest run %s imported tasks without pre-labels: predicting them", missing.get("run"))
-        marker = {**marker, "predicted_through": marker.get("predicted_through", 0), "done": False}
+    marker = _claim_refresh(marker_path, model_version, bool(missing), owner)
+    if marker is None:
+        return {"refreshed": 0, "model_version": model_version, "reason": "another refresh of this version is running"}
     if marker.get("done") or "predicted_through" not in marker:  # (no such field: written by an older labelloop)
         return {"refreshed": 0, "model_version": model_version, "reason": "already refreshed for this version"}
+    if missing:
+        log.info("ingest run %s imported tasks without pre-labels: predicting them", missing.get("run"))
     project = hook.find_project(spec.title)
     tasks = sorted(hook.iter_unlabeled_tasks(project.id), key=lambda task: task.id)
     predictions: list[dict[str, Any]] = []
@@ -300,16 +305,41 @@ def refresh_prelabels(spec: ProjectSpec, hook: LabelStudioHook, tracking_uri: st
         if new:
             hook.import_predictions(project.id, new)
             imported += len(new)
-            marker["predicted_through"] = chunk[-1].id
+            marker.update(predicted_through=chunk[-1].id, heartbeat=time.time())
             write_json(marker_path, marker)
     if tasks:  # Label Studio refuses a model_version no prediction carries
         hook.set_model_version(project.id, model_version)
+    write_json(marker_path, {**marker, "heartbeat": time.time()})  # the re-ordering is next
     reordered = _reorder_queue_head(spec, hook, tasks, predictions, marker["generation"])
     write_json(marker_path, {**marker, "done": True, "tasks": len(tasks)})
     if missing and read_json(missing_path, None, expect=dict) == missing:  # (not if an ingest wrote it since)
         missing_path.unlink(missing_ok=True)
     return {"refreshed": imported, "reordered": reordered, "generation": marker["generation"],
             "model_version": model_version}
+
+
+def _claim_refresh(path: Any, model_version: str, missing: bool, owner: str) -> dict[str, Any] | None:
+    """The marker this refresh works from, written with ``owner`` as one compare-and-swap; None
+    when another owner's refresh of this version wrote it within the lease."""
+    for _ in range(10):
+        raw, tag = read_versioned(path)
+        marker = parse_json(path, raw, {}, expect=dict, remedy=PRELABELS_REMEDY)
+        if marker.get("model_version") != model_version:
+            marker = {"model_version": model_version, "generation": int(marker.get("generation", 0)) + 1,
+                      "predicted_through": 0, "done": False}
+        elif missing and marker.get("done"):
+            marker = {**marker, "predicted_through": marker.get("predicted_through", 0), "done": False}
+        elif marker.get("done") or "predicted_through" not in marker:
+            return marker
+        elif (marker.get("owner") not in (None, owner)
+              and time.time() - float(marker.get("heartbeat", 0)) < REFRESH_LEASE_SECONDS):
+            log.info("pre-labels of %s are being refreshed by %s: leaving it to that task", model_version,
+                     marker["owner"])
+            return None
+        marker = {**marker, "owner": owner, "heartbeat": time.time()}
+        if write_if(path, encode_json(path, marker), tag):
+            return marker
+    raise RuntimeError(f"the pre-label marker {path} changed under each of 10 attempts to claim it")
 
 
 def _predicted_by(task: Any, model_version: str) -> bool:

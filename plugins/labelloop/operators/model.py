@@ -124,6 +124,8 @@ class RefreshPrelabelsOperator(SpecOperator):
         from labelloop.model.prelabel import required_tracking_uri
         from labelloop.model.retrain import refresh_prelabels
 
-        result = refresh_prelabels(self.load_spec(), self.hook, required_tracking_uri())
+        ti = context["ti"]
+        result = refresh_prelabels(self.load_spec(), self.hook, required_tracking_uri(),
+                                   owner=f"{ti.dag_id}/{ti.run_id}/{ti.task_id}")
         self.log.info("pre-labels: %s", result)
         return result
