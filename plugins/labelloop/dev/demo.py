@@ -96,9 +96,8 @@ class Airflow:
                                worked: str | None = None) -> dict[str, Any]:
         """Wait for the first run of ``dag_id`` queued after ``after`` (an Asset event started it).
 
-        With ``worked``, the first such run in which that task did not skip: the annotations watcher
-        can start a collect of its own while the demo's runs, and the retrain its audit queues finds
-        that data trained on already."""
+        With ``worked``, the first such run in which that task did not skip (a retrain that found
+        its data trained on already skips ``train``)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             runs = self.call("GET", f"/dags/{dag_id}/dagRuns", params={
@@ -110,6 +109,15 @@ class Airflow:
                     return {"run_id": run["dag_run_id"], "state": run["state"]}
             time.sleep(2)
         raise StackError(f"no finished run of {dag_id} after {after} within {timeout:.0f} s")
+
+    def last_worked_run(self, dag_id: str, after: str, worked: str) -> dict[str, Any] | None:
+        """The latest finished run of ``dag_id`` queued after ``after`` in which ``worked`` did not skip."""
+        runs = self.call("GET", f"/dags/{dag_id}/dagRuns", params={
+            "run_after_gte": after, "order_by": "-run_after", "limit": 50})["dag_runs"]
+        for run in runs:
+            if run["state"] in {"success", "failed"} and self.task_states(dag_id, run["dag_run_id"]).get(worked) != "skipped":
+                return {"run_id": run["dag_run_id"], "state": run["state"]}
+        return None
 
     def now(self) -> str:
         return datetime.now(timezone.utc).isoformat()
@@ -197,6 +205,7 @@ def run_loop(config: StackConfig, spec: ProjectSpec, airflow: Airflow) -> None:
     hook = LabelStudioHook()
     lines = DEMO_DATA.read_text().splitlines()
     for number, chunk in enumerate((lines[:ROUND_SPLIT], lines[ROUND_SPLIT:]), start=1):
+        round_started = airflow.now()
         print(f"round {number}: {drop_round(spec.source.uri, f'round{number}.jsonl', chunk)}", flush=True)
         run = airflow.run(f"{prefix}__ingest")
         summary = airflow.xcom(f"{prefix}__ingest", run["run_id"], "reduce_summaries") or {}
@@ -213,7 +222,11 @@ def run_loop(config: StackConfig, spec: ProjectSpec, airflow: Airflow) -> None:
         if airflow.task_states(f"{prefix}__audit", audit["run_id"]).get("gate") != "success":
             print("  the quality gate failed: no retraining this round")
             continue
-        retrain = airflow.wait_for_triggered_run(f"{prefix}__retrain", after=started, worked="train")
+        retrain = airflow.wait_for_triggered_run(f"{prefix}__retrain", after=started)
+        if airflow.task_states(f"{prefix}__retrain", retrain["run_id"]).get("train") == "skipped":
+            # The annotations watcher collected this round's answers while the annotators worked, and
+            # the retrain after it trained on them: this one found nothing new. Report that one.
+            retrain = airflow.last_worked_run(f"{prefix}__retrain", after=round_started, worked="train") or retrain
         trained = airflow.xcom(f"{prefix}__retrain", retrain["run_id"], "train") or {}
         print(f"  retrain: version {trained.get('version')} — "
               f"{'promoted' if trained.get('promote') else 'not promoted'}: {trained.get('reason')}", flush=True)
