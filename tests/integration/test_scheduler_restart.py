@@ -15,6 +15,7 @@ default), so the dead scheduler is declared dead after 10 s instead of 30 s.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -56,6 +57,7 @@ class Stack:
     proxy: FaultProxy
     airflow: Airflow
     schedulers: list[Server] = field(default_factory=list)  # the ones the test started
+    orphans: list[int] = field(default_factory=list)  # killed schedulers' workers (no server stops them)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +87,10 @@ def restart_stack(labelstudio: Any, tmp_path_factory: pytest.TempPathFactory) ->
         finally:
             for scheduler in stack.schedulers:
                 scheduler.stop()
-            server.stop()  # standalone's process group: its components and the orphaned workers
+            server.stop()  # standalone's process group: its components
+            for pid in stack.orphans:  # the killed schedulers' LocalExecutor workers, idle or not
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def scheduler_pid(stack: Stack) -> int:
@@ -109,6 +114,7 @@ def kill_and_restart_scheduler(stack: Stack) -> list[int]:
         assert time.monotonic() < deadline, "the API server still reports the killed scheduler healthy"
         time.sleep(1)
     orphans = [worker for worker in workers if psutil.pid_exists(worker)]
+    stack.orphans += orphans
     stack.schedulers.append(standalone_scheduler(stack.server).start())
     return orphans
 
