@@ -105,7 +105,7 @@ class Airflow:
             for run in runs:
                 if run["state"] not in {"success", "failed"}:
                     break  # an earlier run is still going: the one wanted may be this one
-                if worked is None or self.task_states(dag_id, run["dag_run_id"]).get(worked) != "skipped":
+                if worked is None or self._worked(dag_id, run, worked):
                     return {"run_id": run["dag_run_id"], "state": run["state"]}
             time.sleep(2)
         raise StackError(f"no finished run of {dag_id} after {after} within {timeout:.0f} s")
@@ -115,9 +115,13 @@ class Airflow:
         runs = self.call("GET", f"/dags/{dag_id}/dagRuns", params={
             "run_after_gte": after, "order_by": "-run_after", "limit": 50})["dag_runs"]
         for run in runs:
-            if run["state"] in {"success", "failed"} and self.task_states(dag_id, run["dag_run_id"]).get(worked) != "skipped":
+            if run["state"] in {"success", "failed"} and self._worked(dag_id, run, worked):
                 return {"run_id": run["dag_run_id"], "state": run["state"]}
         return None
+
+    def _worked(self, dag_id: str, run: dict[str, Any], task_id: str) -> bool:
+        """Whether ``task_id`` did not skip in this run (a retrain with nothing new skips ``train``)."""
+        return self.task_states(dag_id, run["dag_run_id"]).get(task_id) != "skipped"
 
     def now(self) -> str:
         return datetime.now(timezone.utc).isoformat()

@@ -300,7 +300,7 @@ class Ingest:
         batch_id = self.state.begin_batch(seq, [task["data"][HASH_FIELD] for task in tasks])
         for task in tasks:
             task["data"][BATCH_FIELD] = batch_id
-        self._queue().submit(lambda ids: self._record(seq, tasks, ids), send=lambda: self._send(batch_id, tasks))
+        self._queue().submit(lambda ids: self._record(seq, batch_id, tasks, ids), send=lambda: self._send(batch_id, tasks))
 
     def _send(self, batch_id: str, tasks: list[dict[str, Any]]) -> dict[str, int]:
         """On a sending thread: the POST; content hash -> task id. Fresh: its pending marker was
@@ -308,11 +308,10 @@ class Ingest:
         return self.hook.import_batch(self.project_id, tasks, batch_id, key_field=HASH_FIELD,
                                       batch_field=BATCH_FIELD, fresh=True)
 
-    def _record(self, seq: int, tasks: list[dict[str, Any]], ids: dict[str, int]) -> None:
+    def _record(self, seq: int, batch_id: str, tasks: list[dict[str, Any]], ids: dict[str, int]) -> None:
         """On the recording thread, in batch order: commit a sent batch to the journal. The
         reading thread only tests membership in the sets this updates, which the GIL keeps whole;
         a hash moves into the index before it leaves ``buffered_hashes``."""
-        batch_id = tasks[0]["data"][BATCH_FIELD]
         sources = {task["data"][HASH_FIELD]: task["data"][SOURCE_FIELD] for task in tasks}
         batch = self.state.commit_batch(seq, batch_id, {key: {"id": ids[key], "source": sources[key]} for key in ids})
         self._remember(batch)

@@ -6,7 +6,7 @@ Layout under ``<storage_uri>/ingest/``::
     index.json.gz                       content hash -> run that imported it (one per task)
     runs/<run>/objects/<obj>.json       an object finished by this run, with its counts
     runs/<run>/batches/<n>.json         a batch committed to Label Studio (hash -> task id, source)
-    runs/<run>/pending/<n>.json         a batch in flight (up to two at once): settled on resume
+    runs/<run>/pending/<n>.json         a batch marked before it is sent (a few at once): settled on resume
     runs/<run>/plan.json                a fanned-out run's groups of objects (see ``groups``)
     runs/<run>/groups/<g>/...           group g's own journal (batches/, pending/) and its
                                         summary.json (the entries of the objects it finished)
