@@ -20,7 +20,8 @@ HOOK_CLASS = "labelloop.hooks.labelstudio.LabelStudioHook"
 #: Declared here (Airflow >= 3.2 reads it without importing the hook); the hook's
 #: ``get_ui_field_behaviour`` returns the same, for older Airflow and for code that asks the hook.
 UI_FIELD_BEHAVIOUR: dict[str, Any] = {
-    "hidden-fields": ["schema", "port", "login", "extra"],
+    # Extra stays: it holds imports_in_flight (LabelStudioHook.imports_in_flight).
+    "hidden-fields": ["schema", "port", "login"],
     "relabeling": {"host": "Label Studio URL", "password": "API token"},
     "placeholders": {
         "host": "http://label-studio:8080",

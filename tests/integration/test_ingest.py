@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import threading
 import time
@@ -17,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from labelloop.ingest.pipeline import IMPORTS_IN_FLIGHT, Ingest
-
+from labelloop.hooks.labelstudio import LabelStudioHook
+from labelloop.ingest.pipeline import Ingest
 from labelloop.layout import storage_path
 from labelloop.taskdata import HASH_FIELD
 from labelloop.project import ensure_project
@@ -163,7 +164,21 @@ class Crash(RuntimeError):
     pass
 
 
-def test_killed_run_resumes_without_duplicates(labelstudio_hook, make_spec, tmp_path, monkeypatch) -> None:
+def hook_with_imports_in_flight(monkeypatch: pytest.MonkeyPatch, in_flight: int) -> LabelStudioHook:
+    """A hook whose connection sets the extra ``imports_in_flight``, as a deployment would."""
+    from labelloop.settings import LABELSTUDIO_CONN_ID
+
+    variable = f"AIRFLOW_CONN_{LABELSTUDIO_CONN_ID.upper()}"
+    monkeypatch.setenv(variable, json.dumps({**json.loads(os.environ[variable]),
+                                             "extra": {"imports_in_flight": in_flight}}))
+    hook = LabelStudioHook()
+    assert hook.imports_in_flight == in_flight
+    return hook
+
+
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_killed_run_resumes_without_duplicates(labelstudio, make_spec, tmp_path, monkeypatch, in_flight) -> None:
+    labelstudio_hook = hook_with_imports_in_flight(monkeypatch, in_flight)
     unique = write_messages(tmp_path / "raw", 1500, files=3)
     spec = load_spec(make_spec(import_batch_size=200))
     project_id, _ = ensure_project(labelstudio_hook, spec)
@@ -183,10 +198,10 @@ def test_killed_run_resumes_without_duplicates(labelstudio_hook, make_spec, tmp_
     monkeypatch.setattr(state_module.IngestState, "commit_batch", commit_then_die)
     with pytest.raises(Crash):
         Ingest(spec, labelstudio_hook, "manual__crash").run(project_id)
-    in_flight = [batch["seq"] for batch in Ingest(spec, labelstudio_hook, "manual__crash").state.pending_batches()]
-    assert in_flight == list(range(3, 3 + len(in_flight))) and 1 <= len(in_flight) <= 2 + IMPORTS_IN_FLIGHT
+    pending = [batch["seq"] for batch in Ingest(spec, labelstudio_hook, "manual__crash").state.pending_batches()]
+    assert pending == list(range(3, 3 + len(pending))) and 1 <= len(pending) <= 2 + in_flight
     landed = labelstudio_hook.task_count(project_id)  # batch 3 landed; every batch that landed is marked
-    assert landed % 200 == 0 and 4 <= landed // 200 <= 3 + len(in_flight), (landed, in_flight)
+    assert landed % 200 == 0 and 4 <= landed // 200 <= 3 + len(pending), (landed, pending)
 
     monkeypatch.setattr(state_module.IngestState, "commit_batch", original)
     summary = Ingest(spec, labelstudio_hook, "manual__crash").run(project_id)  # the retry

@@ -194,8 +194,10 @@ class ProductionProfile:
     def connections(self) -> dict[str, dict]:
         """The four connections of docker-compose.yaml, pointing at this instance's servers."""
         return {
+            # Label Studio on PostgreSQL takes two imports at once (LabelStudioHook.imports_in_flight).
             settings.LABELSTUDIO_CONN_ID: {"conn_type": "labelstudio", "host": self.url("labelstudio"),
-                                           "password": self.secrets["labelstudio_token"]},
+                                           "password": self.secrets["labelstudio_token"],
+                                           "extra": {"imports_in_flight": 2}},
             settings.MLFLOW_CONN_ID: {"conn_type": "http", "host": self.url("mlflow")},
             settings.AWS_CONN_ID: {"conn_type": "aws", "login": self.s3_access_key,
                                    "password": self.secrets["s3_secret_key"],

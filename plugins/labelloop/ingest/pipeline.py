@@ -39,10 +39,6 @@ log = logging.getLogger(__name__)
 #: Pre-labels for a batch of task data dicts: one prediction (or None) per task.
 Predictor = Callable[[list[dict[str, Any]]], list[dict[str, Any] | None]]
 COUNTS = ("read", "imported", "duplicate", "quarantined")
-#: Batches sent at once. One: the next POST leaves as soon as the last is answered, its journal
-#: commit done meanwhile. Two were 3x slower against Label Studio on SQLite, whose
-#: DatabaseIsLockedRetryMiddleware makes concurrent imports wait out locks (docs/benchmarks.md).
-IMPORTS_IN_FLIGHT = 1
 
 
 def is_gold(content: str, fraction: float) -> bool:
@@ -130,7 +126,7 @@ class Ingest:
         self._resume()
         earlier = self.state.finished_objects()
         finished: dict[str, dict[str, Any]] = {}
-        with _ImportQueue(IMPORTS_IN_FLIGHT) as self.queue:
+        with _ImportQueue(self.hook.imports_in_flight) as self.queue:
             for obj in objects:
                 if obj.name in earlier:
                     finished[obj.name] = earlier[obj.name]
