@@ -14,8 +14,9 @@ of ``include/projects/sms_spam.yaml``):
 ``labelloop``   ``Ingest(spec, hook, run_id).run(project_id)``: streams the objects through
                 ObjectStoragePath, validates, de-duplicates by content hash, journals every
                 batch in S3 and imports in batches of ``--batch-size`` (exactly-once import).
-``labelloop-2`` the same with two batches in flight at once (``IMPORTS_IN_FLIGHT = 2``; the
-                default is one): what concurrent POSTs do to this Label Studio.
+``labelloop-2`` the same with two batches in flight at once (the connection's extra
+                ``imports_in_flight``: 2; the default is one): what concurrent POSTs do to this
+                Label Studio (slower on SQLite, faster on PostgreSQL: ``--labelstudio-db``).
 ``raw-sdk``     what a user writes by hand: boto3 downloads each object, ``json.loads`` every
                 line into a list of ``{"data": record}`` and ``projects.import_tasks`` posts it
                 in chunks of ``--batch-size``. No validation, no de-duplication, no journal.
@@ -113,11 +114,15 @@ def child_labelloop(args: argparse.Namespace) -> dict[str, Any]:
     from labelloop.ingest import state
     from labelloop.ingest import pipeline
     from labelloop.ingest.pipeline import Ingest, _ImportQueue, storage_path
+    from labelloop.settings import LABELSTUDIO_CONN_ID
     from labelloop.spec import load_spec
 
     spec = load_spec(Path(args.spec))
+    if args.in_flight:  # as a deployment sets it: the Label Studio connection's extra
+        variable = f"AIRFLOW_CONN_{LABELSTUDIO_CONN_ID.upper()}"
+        os.environ[variable] = json.dumps({**json.loads(os.environ[variable]),
+                                           "extra": {"imports_in_flight": args.in_flight}})
     hook = LabelStudioHook()
-    pipeline.IMPORTS_IN_FLIGHT = args.in_flight or pipeline.IMPORTS_IN_FLIGHT
     timers = Timers()
     # Where does the time go? Nested timers: reading contains ordering the batches, writing their
     # pending markers and the waits for a free place in the import queue (one timer also holds
@@ -398,14 +403,15 @@ def breakdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
+def machine(database: str) -> str:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor() or "unknown CPU")
     version = subprocess.run([str(REPO / ".venv-labelstudio" / "bin" / "python"), "-c",
                               "import label_studio; print(label_studio.__version__)"],
                              capture_output=True, text=True).stdout.strip() or "?"
     return (f"{os.cpu_count()} cores shared with other work ({model}), Python {platform.python_version()}, "
-            f"Label Studio {version} Community on SQLite (no Redis), moto S3 server in the benchmark process")
+            f"Label Studio {version} Community on {'PostgreSQL' if database == 'postgres' else 'SQLite'} (no Redis), "
+            f"moto S3 server in the benchmark process")
 
 
 def main() -> int:
@@ -422,6 +428,9 @@ def main() -> int:
                         help="runs of each client-side method per size (fresh project each); the table "
                              "shows the median, min-max in brackets (the S3 sync runs once)")
     parser.add_argument("--keep", action="store_true", help="keep the Label Studio data folder")
+    parser.add_argument("--labelstudio-db", choices=["sqlite", "postgres"], default="sqlite",
+                        help="Label Studio's database: SQLite in the run's folder, or a database of its own "
+                             "on the production profile's PostgreSQL (dropped at the end)")
     parser.add_argument("--profile", action="store_true",
                         help="run the labelloop child under cProfile and print the top functions")
     # child mode (internal)
@@ -449,6 +458,7 @@ def main() -> int:
     from moto.server import ThreadedMotoServer
 
     from labelloop.settings import AWS_CONN_ID, LABELSTUDIO_CONN_ID
+    from labelloop.dev.production import ProductionProfile
     from labelloop.dev.stack import free_port, labelstudio_server
 
     command = ".venv/bin/python tests/benchmarks/bench_ingest.py " + " ".join(sys.argv[1:])
@@ -456,7 +466,7 @@ def main() -> int:
     notes: list[str] = []
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per S3 request
-    server = None
+    server = postgres = None
     try:
         moto.start()
         host, port = moto.get_host_and_port()
@@ -468,8 +478,15 @@ def main() -> int:
                           aws_secret_access_key="testing", region_name="us-east-1")
         s3.create_bucket(Bucket=BUCKET)
 
-        print("starting Label Studio (fresh SQLite: ~1 min)...", flush=True)
-        server = labelstudio_server(work / "stack", free_port(), token=TOKEN).start()
+        print(f"starting Label Studio (fresh {args.labelstudio_db}: ~1 min)...", flush=True)
+        if args.labelstudio_db == "postgres":  # the production profile's database, role and settings
+            postgres = ProductionProfile.create(work / "stack")
+            postgres.secrets["labelstudio_token"] = TOKEN
+            postgres.require_services()
+            postgres.provision()
+            server = postgres.labelstudio_server().start()
+        else:
+            server = labelstudio_server(work / "stack", free_port(), token=TOKEN).start()
         os.environ[f"AIRFLOW_CONN_{LABELSTUDIO_CONN_ID.upper()}"] = json.dumps(
             {"conn_type": "labelstudio", "host": server.url, "password": TOKEN})
         client = LabelStudio(base_url=server.url, api_key=TOKEN, timeout=300)
@@ -534,6 +551,8 @@ def main() -> int:
     finally:
         if server is not None:
             server.stop()
+        if postgres is not None:
+            postgres.drop()
         moto.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -546,7 +565,7 @@ def main() -> int:
         print(f"- {note}")
     if not args.no_doc:
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        block = (f"\n### Run of {stamp}\n\n`{command}`\n\nMachine: {machine()}.\n\n{table(rows)}\n"
+        block = (f"\n### Run of {stamp}\n\n`{command}`\n\nMachine: {machine(args.labelstudio_db)}.\n\n{table(rows)}\n"
                  + "".join(f"\n- {note}" for note in notes) + f"\n\n{breakdown(rows)}\n")
         args.doc.parent.mkdir(parents=True, exist_ok=True)
         with args.doc.open("a", encoding="utf-8") as doc:
