@@ -22,10 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -55,8 +57,10 @@ def run_dag_ingest(profile: Any, airflow: Any, n: int, args: argparse.Namespace,
         airflow.wait_for_dag(f"{spec.dag_prefix}__{kind}", timeout=300)
     airflow.run(f"{spec.dag_prefix}__setup", timeout=600)
     dag_id = f"{spec.dag_prefix}__ingest"
+    since = datetime.now(timezone.utc).replace(microsecond=0)
     with ServerSampler(labelstudio_pid(profile)) as sampler:
         run_id = airflow.run(dag_id, timeout=3600)["run_id"]
+    requests = labelstudio_requests(profile, since, datetime.now(timezone.utc))
     run = airflow.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
     tis = airflow.call("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
     groups = [ti for ti in tis if ti["task_id"] == "ingest_group"]
@@ -69,7 +73,7 @@ def run_dag_ingest(profile: Any, airflow: Any, n: int, args: argparse.Namespace,
             "group_seconds": sorted(round(ti["duration"], 1) for ti in groups),
             "per_worker": groups_per_worker(profile, dag_id),
             "imported": summary["imported"], "balanced": summary["balanced"],
-            "server_cpu": sampler.cpu_used, "server_rss": sampler.peak - sampler.base}
+            "server_cpu": sampler.cpu_used, "server_rss": sampler.peak - sampler.base, "requests": requests}
 
 
 def groups_per_worker(profile: Any, dag_id: str) -> list[int]:
@@ -86,6 +90,23 @@ def groups_per_worker(profile: Any, dag_id: str) -> list[int]:
     return counts
 
 
+#: A request line of Label Studio's log: `[2026-12-02 00:51:05,102] [django.server::...] [INFO] "GET /api/... HTTP/1.1" 200 138`.
+REQUEST_LINE = re.compile(r'^\[(\S+ \S+),\d+\] \[django\.server[^"]*"(\w+) (\S+) HTTP')
+
+
+def labelstudio_requests(profile: Any, since: datetime, until: datetime) -> Counter[str]:
+    """Label Studio's requests between two times, by method and path (ids as N, no query): what
+    the server was asked to do while one method ran."""
+    log = profile.labelstudio_server().log_path
+    counts: Counter[str] = Counter()
+    for line in log.read_text(errors="replace").splitlines():
+        match = REQUEST_LINE.match(line)
+        if match and since <= datetime.fromisoformat(match[1]).replace(tzinfo=timezone.utc) <= until:
+            path = re.sub(r"/\d+", "/N", match[3].split("?")[0])
+            counts[f"{match[2]} {path}"] += 1
+    return counts
+
+
 def labelstudio_pid(profile: Any) -> int:
     server = profile.labelstudio_server()
     return int(server.pid_path.read_text().strip())
@@ -95,11 +116,13 @@ def run_raw(profile: Any, client: Any, settings: dict[str, Any], prefix: str, ar
             label: str) -> dict[str, Any]:
     """bench_ingest.py's raw-sdk child into a fresh project with the spec's settings."""
     project = client.projects.create(title=f"bench raw {label} {int(time.time())}", **settings).id
+    since = datetime.now(timezone.utc).replace(microsecond=0)
     with ServerSampler(labelstudio_pid(profile)) as sampler:
         result = run_child("raw-sdk", args, ["--project", str(project), "--prefix", prefix,
                                              "--endpoint", profile.url("s3"), "--labelstudio", profile.url("labelstudio"),
                                              "--token", profile.secrets["labelstudio_token"]])
-    result.update(server_cpu=sampler.cpu_used, server_rss=sampler.peak - sampler.base)
+    result.update(server_cpu=sampler.cpu_used, server_rss=sampler.peak - sampler.base,
+                  requests=labelstudio_requests(profile, since, datetime.now(timezone.utc)))
     return result
 
 
@@ -117,15 +140,21 @@ def stop_worker(profile: Any, number: int) -> None:
 
 def table(rows: list[dict[str, Any]], n: int) -> str:
     lines = ["| method | Celery workers | wall s | records/s | speed vs raw-sdk | groups (span s) | "
-             "group task s (min-max) | LS server CPU s |", "|---|---:|---:|---:|---:|---|---|---:|"]
+             "group task s (min-max) | LS server CPU s | LS requests meanwhile (most frequent) |",
+             "|---|---:|---:|---:|---:|---|---|---:|---|"]
     for row in rows:
         speed = f"{row['raw_wall'] / row['wall']:.2f}" if row.get("raw_wall") else "1.00"
         groups = (f"{row['groups']}, per worker {'+'.join(map(str, row['per_worker']))} ({row['groups_span']:.1f})"
                   if "groups" in row else "n/a")
         spread = f"{row['group_seconds'][0]}-{row['group_seconds'][-1]}" if "groups" in row else "n/a"
         lines.append(f"| {row['method']} | {row.get('workers', 'n/a')} | {row['wall']:.1f} | {n / row['wall']:,.0f} | "
-                     f"{speed} | {groups} | {spread} | {row['server_cpu']:.1f} |")
+                     f"{speed} | {groups} | {spread} | {row['server_cpu']:.1f} | {requests_cell(row['requests'])} |")
     return "\n".join(lines)
+
+
+def requests_cell(requests: Counter[str]) -> str:
+    top = ", ".join(f"{count} `{request}`" for request, count in requests.most_common(4))
+    return f"{sum(requests.values())}: {top}" if requests else "0"
 
 
 def main() -> int:
