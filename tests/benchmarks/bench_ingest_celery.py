@@ -43,9 +43,8 @@ def parse_time(value: str) -> float:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
-def run_dag_ingest(profile: Any, airflow: Any, n: int, args: argparse.Namespace, label: str) -> dict[str, Any]:
-    """Set up and ingest one fresh spec through Airflow; its times and counts."""
-    from labelloop.hooks.labelstudio import LabelStudioHook
+def set_up_spec(profile: Any, airflow: Any, n: int, args: argparse.Namespace, label: str) -> Any:
+    """A fresh spec whose project the setup DAG has made (settings, queue view, ML backend)."""
     from labelloop.spec import load_spec
 
     name = f"bench_celery_{label}_{int(time.time())}"
@@ -56,6 +55,14 @@ def run_dag_ingest(profile: Any, airflow: Any, n: int, args: argparse.Namespace,
     for kind in ("setup", "ingest"):
         airflow.wait_for_dag(f"{spec.dag_prefix}__{kind}", timeout=300)
     airflow.run(f"{spec.dag_prefix}__setup", timeout=600)
+    return spec
+
+
+def run_dag_ingest(profile: Any, airflow: Any, n: int, args: argparse.Namespace, label: str) -> dict[str, Any]:
+    """Set up and ingest one fresh spec through Airflow; its times and counts."""
+    from labelloop.hooks.labelstudio import LabelStudioHook
+
+    spec = set_up_spec(profile, airflow, n, args, label)
     dag_id = f"{spec.dag_prefix}__ingest"
     since = datetime.now(timezone.utc).replace(microsecond=0)
     with ServerSampler(labelstudio_pid(profile)) as sampler:
@@ -99,7 +106,8 @@ def labelstudio_requests(profile: Any, since: datetime, until: datetime) -> Coun
     the server was asked to do while one method ran."""
     log = profile.labelstudio_server().log_path
     counts: Counter[str] = Counter()
-    for line in log.read_text(errors="replace").splitlines():
+    # Each request line appears twice (Label Studio logs it through two handlers into one file).
+    for line in dict.fromkeys(log.read_text(errors="replace").splitlines()):
         match = REQUEST_LINE.match(line)
         if match and since <= datetime.fromisoformat(match[1]).replace(tzinfo=timezone.utc) <= until:
             path = re.sub(r"/\d+", "/N", match[3].split("?")[0])
@@ -112,10 +120,8 @@ def labelstudio_pid(profile: Any) -> int:
     return int(server.pid_path.read_text().strip())
 
 
-def run_raw(profile: Any, client: Any, settings: dict[str, Any], prefix: str, args: argparse.Namespace,
-            label: str) -> dict[str, Any]:
-    """bench_ingest.py's raw-sdk child into a fresh project with the spec's settings."""
-    project = client.projects.create(title=f"bench raw {label} {int(time.time())}", **settings).id
+def run_raw(profile: Any, project: int, prefix: str, args: argparse.Namespace) -> dict[str, Any]:
+    """bench_ingest.py's raw-sdk child into ``project``."""
     since = datetime.now(timezone.utc).replace(microsecond=0)
     with ServerSampler(labelstudio_pid(profile)) as sampler:
         result = run_child("raw-sdk", args, ["--project", str(project), "--prefix", prefix,
@@ -163,6 +169,9 @@ def main() -> int:
     parser.add_argument("--per-object", type=int, default=5_000, help="records per JSONL object (= per group)")
     parser.add_argument("--max-groups", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--raw-into-setup-project", action="store_true",
+                        help="also the raw import into a project the setup DAG made (queue view, ML backend): "
+                             "is Label Studio's extra CPU for the DAG's tasks the project's or the client's?")
     parser.add_argument("--doc", type=Path, default=DOC)
     parser.add_argument("--no-doc", action="store_true", help="print only")
     args = parser.parse_args()
@@ -204,7 +213,8 @@ def main() -> int:
             if workers < WORKERS:
                 for number in range(workers + 1, WORKERS + 1):
                     stop_worker(profile, number)
-            raw = run_raw(profile, client, settings, prefix, args, f"before-{workers}w")
+            project = client.projects.create(title=f"bench raw {workers}w {int(time.time())}", **settings).id
+            raw = run_raw(profile, project, prefix, args)
             raw.update(method="raw-sdk")
             print(f"  raw-sdk: {raw['wall']:.1f} s, {n / raw['wall']:,.0f} rec/s, tasks {raw['count']:,}", flush=True)
             ours = run_dag_ingest(profile, airflow, n, args, f"{workers}w")
@@ -219,6 +229,14 @@ def main() -> int:
                 raise SystemExit(f"FAILED: the ingest summary says imported {ours['imported']:,}, "
                                  f"balanced {ours['balanced']}")
             rows += [raw, ours]
+        if args.raw_into_setup_project:
+            from labelloop.hooks.labelstudio import LabelStudioHook
+
+            spec = set_up_spec(profile, airflow, n, args, "raw")
+            raw = run_raw(profile, LabelStudioHook().find_project(spec.title).id, prefix, args)
+            raw.update(method="raw-sdk into a project the setup DAG made")
+            print(f"  raw-sdk into a set-up project: {raw['wall']:.1f} s, LS CPU {raw['server_cpu']:.1f} s", flush=True)
+            rows.append(raw)
     finally:
         profile.stop()
         profile.drop()
