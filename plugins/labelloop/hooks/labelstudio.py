@@ -44,7 +44,7 @@ TRANSIENT_STATUS = {408, 409, 429, 500, 502, 503, 504}
 CONNECT_TIMEOUT = 10.0
 #: Methods whose request can be sent again after the connection dropped mid-way.
 IDEMPOTENT_METHODS = {"GET", "HEAD", "OPTIONS", "PUT", "DELETE"}
-#: More concurrent imports than this only queue up in Label Studio's workers.
+#: A bound, so that a typo in a connection cannot flood Label Studio with concurrent imports.
 MAX_IMPORTS_IN_FLIGHT = 8
 
 
@@ -198,7 +198,7 @@ class LabelStudioHook(BaseHook):
     def imports_in_flight(self) -> int:
         """Import requests ingest keeps open at once: the connection's extra ``imports_in_flight``,
         1 unless set. It is the server's property: Label Studio on PostgreSQL writes two imports at
-        once (2 is 1.2-1.3x faster there); on SQLite its lock-retry middleware makes two 3x slower."""
+        once (2 are 1.3x faster than 1 there); on SQLite its lock-retry middleware makes two 3x slower."""
         value = self.get_connection(self.labelstudio_conn_id).extra_dejson.get("imports_in_flight", 1)
         number = int(value) if isinstance(value, int | str) and str(value).isdigit() else 0
         if not 1 <= number <= MAX_IMPORTS_IN_FLIGHT:
