@@ -95,3 +95,20 @@ def test_incremental_collect_equals_a_full_export(labelstudio_hook, make_spec, t
     pd.testing.assert_frame_equal(read_snapshot(latest_snapshot(root))["annotations"], annotations)
     fifth = run(spec, hook, 5, full=True)
     assert fifth["mode"] == "reconcile" and fifth["differing_tasks"] == {}
+
+    # Annotators keep working during a reconciliation: an answer submitted after the incremental
+    # export and before the full one is a change, not a difference (the soak on Airflow failed
+    # here), and the snapshot holds it. The real _full runs; only the answer is slipped in first.
+    full_export_of = snapshot._full
+
+    def answer_then_export(*args, **kwargs):
+        if not answered:
+            answered.append(hook.create_annotation(ids[10], choice(spec, "spam"), lead_time=1.0))
+        return full_export_of(*args, **kwargs)
+
+    answered: list = []
+    monkeypatch.setattr(snapshot, "_full", answer_then_export)
+    sixth = run(spec, hook, 6, full=True)
+    assert answered and sixth["mode"] == "reconcile" and sixth["differing_tasks"] == {}
+    table = read_snapshot(latest_snapshot(root))["annotations"]
+    assert answered[0].id in set(table["annotation_id"])

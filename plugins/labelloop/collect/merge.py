@@ -91,6 +91,14 @@ def in_ranges(ids: Iterable[int], ranges: Sequence[tuple[int, int]]) -> set[int]
     return {i for i in ids if any(low <= i <= high for low, high in ranges)}
 
 
+def unchanged_since(tasks: set[int], updated: dict[int, str | None], moment: str) -> list[int]:
+    """The tasks Label Studio last stamped before ``moment`` (or not at all, or not any more: a
+    deleted task), sorted. A reconciliation compares only those: a task changed while its two
+    exports ran differs between them for that reason alone."""
+    cutoff = _instant(moment)
+    return sorted(task for task in tasks if not updated.get(task) or _instant(updated[task]) < cutoff)
+
+
 def differing_tasks(expected: pd.DataFrame, got: pd.DataFrame) -> list[int]:
     """Task ids whose rows differ between two tables of the same schema (compared exactly, in order)."""
     def by_task(frame: pd.DataFrame) -> dict[int, list[tuple[Any, ...]]]:

@@ -54,6 +54,7 @@ class Side:
     fetched: int  # tasks exported in this run
     rechecked: list[tuple[int, int]] = field(default_factory=list)
     differing: list[int] = field(default_factory=list)
+    updated: dict[int, str | None] = field(default_factory=dict)  # task id -> updated_at (full exports)
 
 
 def _frames(tasks: list[dict[str, Any]], controls: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -64,7 +65,8 @@ def _frames(tasks: list[dict[str, Any]], controls: list[str]) -> tuple[pd.DataFr
 def _full(hook: LabelStudioHook, project_id: int, title: str, controls: list[str]) -> Side:
     started, tasks = hook.export_selected(project_id, title)
     annotations, items = _frames(tasks, controls)
-    return Side(project_id, annotations, items, started, len(tasks))
+    return Side(project_id, annotations, items, started, len(tasks),
+                updated={int(task["id"]): task.get("updated_at") for task in tasks})
 
 
 def _incremental(hook: LabelStudioHook, project_id: int, title: str, controls: list[str],
@@ -119,8 +121,14 @@ def _collect_side(hook: LabelStudioHook, spec: ProjectSpec, key: str, title: str
                         read_parquet(folder / f"{tasks_file}.parquet"), watermark)
     if mode == "reconcile":
         full = _full(hook, project.id, name, controls)
-        full.differing = sorted(set(merge.differing_tasks(full.annotations, side.annotations))
-                                | set(merge.differing_tasks(full.tasks, side.tasks)))
+        differing = (set(merge.differing_tasks(full.annotations, side.annotations))
+                     | set(merge.differing_tasks(full.tasks, side.tasks)))
+        # Annotators keep working while the two exports run: only what did not change since the
+        # incremental export started must be equal (the snapshot holds the later, full export).
+        full.differing = merge.unchanged_since(differing, full.updated, side.watermark)  # type: ignore[arg-type]
+        if len(full.differing) < len(differing):
+            log.info("project %s: %d tasks changed while the two exports ran; not counted as differences",
+                     project.id, len(differing) - len(full.differing))
         full.fetched += side.fetched
         return full
     return side
