@@ -317,12 +317,27 @@ class LabelStudioHook(BaseHook):
         return self.client.views.create(project=project_id, data={"title": title, "ordering": ordering}).id
 
     def ensure_ml_backend(self, project_id: int, url: str, title: str, user: str | None, password: str | None) -> int:
-        """Connect the project to an ML backend at ``url`` once (Label Studio checks /health and /setup)."""
-        for backend in self.client.ml.list(project=project_id):
-            if backend.url.rstrip("/") == url.rstrip("/"):
-                return backend.id
-        auth = {"auth_method": "BASIC_AUTH", "basic_auth_user": user, "basic_auth_pass": password} if user else {}
-        return self.client.ml.create(url=url, project=project_id, title=title, is_interactive=False, **auth).id
+        """Connect the project to an ML backend at ``url`` once (Label Studio checks /health and /setup),
+        without the event webhook Label Studio adds for it (``_drop_event_webhook``)."""
+        found = next((backend.id for backend in self.client.ml.list(project=project_id)
+                      if backend.url.rstrip("/") == url.rstrip("/")), None)
+        if found is None:
+            auth = {"auth_method": "BASIC_AUTH", "basic_auth_user": user, "basic_auth_pass": password} if user else {}
+            found = self.client.ml.create(url=url, project=project_id, title=title, is_interactive=False, **auth).id
+        self._drop_event_webhook(project_id, url)
+        return found
+
+    def _drop_event_webhook(self, project_id: int, url: str) -> None:
+        """Label Studio subscribes a new ML backend to every project event: a webhook to
+        ``<url>/webhook`` carrying each payload, every imported task included. labelloop's backend
+        acts on none (training is the retrain DAG's), and that webhook made each import 2.5x slower
+        (docs/benchmarks.md). "Start training" does not use it: it calls the backend directly."""
+        target = f"{url.rstrip('/')}/webhook"
+        for webhook in self.client.webhooks.list(project=str(project_id)):
+            if (webhook.url or "").rstrip("/") == target and webhook.project == project_id:
+                self.client.webhooks.delete(webhook.id)
+                log.info("project %s: removed Label Studio's event webhook to %s (the ML backend ignores events)",
+                         project_id, target)
 
     def ensure_s3_import_storage(self, project_id: int, bucket: str, prefix: str, *, title: str,
                                  access_key: str | None, secret_key: str | None, region: str | None,
