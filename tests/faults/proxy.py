@@ -196,17 +196,26 @@ class _Relay(BaseHTTPRequestHandler):
         pass
 
     def relay(self) -> None:
+        """Each request is recorded before its answer goes out: a client that has its answer can
+        read ``requests()`` at once and find it there."""
         method, path = self.command, urlsplit(self.path).path
         body = self._request_body()
         rule = self.owner._take(method, path)
         fault = rule.action if rule else None
+        recorded = False
+
+        def record(status: int | None) -> None:
+            nonlocal recorded
+            self.owner._record(method, path, fault, status)
+            recorded = True
+
         try:
             if rule and not rule.after_forward:
                 if rule.action == "fail":
-                    return self._finish(method, path, fault, self._send(_Answer(
-                        rule.status, "", list(rule.headers.items()), rule.body), method))
-                if rule.action == "drop":  # recorded first: the client may ask again before this thread ends
-                    self._finish(method, path, fault, None)
+                    record(rule.status)
+                    return self._send(_Answer(rule.status, "", list(rule.headers.items()), rule.body), method)
+                if rule.action == "drop":
+                    record(None)
                     return self._hang_up()
                 time.sleep(rule.seconds)
             answer = self._forward(method, body)
@@ -218,20 +227,19 @@ class _Relay(BaseHTTPRequestHandler):
             elif rule and rule.action == "fail":
                 answer = _Answer(rule.status, "", list(rule.headers.items()), rule.body)
             elif rule and rule.action == "drop":
-                self._finish(method, path, fault, None if method == "HEAD" or not answer.body else answer.status)
+                record(None if method == "HEAD" or not answer.body else answer.status)
                 return self._send_half(answer, method)
             elif rule and rule.action == "delay":
                 time.sleep(rule.seconds)
             rate = rule.rate if rule and rule.action == "slow" else 0
-            self._finish(method, path, fault, self._send(answer, method, rate))
+            record(answer.status)
+            self._send(answer, method, rate)
         except (BrokenPipeError, ConnectionResetError, socket.timeout):
             self.close_connection = True  # the client gave up (a timeout): nothing left to answer
-            self.owner._record(method, path, fault, None)
+            if not recorded:
+                record(None)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = relay
-
-    def _finish(self, method: str, path: str, fault: str | None, status: int | None) -> None:
-        self.owner._record(method, path, fault, status)
 
     def _request_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -273,27 +281,25 @@ class _Relay(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(answer.body)))
         self.end_headers()
 
-    def _send(self, answer: _Answer, method: str, rate: int = 0) -> int:
+    def _send(self, answer: _Answer, method: str, rate: int = 0) -> None:
         self._head(answer, method)
         if method == "HEAD":
-            return answer.status
+            return
         if not rate:
             self.wfile.write(answer.body)
-            return answer.status
+            return
         step = max(1, rate // 10)
         for start in range(0, len(answer.body), step):
             self.wfile.write(answer.body[start:start + step])
             time.sleep(0.1)
-        return answer.status
 
-    def _send_half(self, answer: _Answer, method: str) -> int | None:
+    def _send_half(self, answer: _Answer, method: str) -> None:
         """Headers promising the whole body, half of it, then the connection closes."""
         if method == "HEAD" or not answer.body:
             return self._hang_up()
         self._head(answer, method)
         self.wfile.write(answer.body[:len(answer.body) // 2])
         self._hang_up()
-        return answer.status
 
     def _hang_up(self) -> None:
         self.close_connection = True
