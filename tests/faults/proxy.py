@@ -61,8 +61,8 @@ class Rule:
 
 @dataclass(frozen=True)
 class Seen:
-    """A request as the proxy handled it: its fault (None when passed through) and the status sent
-    (None when the connection was dropped without one)."""
+    """A request as the proxy handled it: its fault (None when passed through) and the status it
+    answered with (None when it hung up without one, or the client left before an answer)."""
 
     method: str
     path: str
