@@ -58,6 +58,10 @@ class Rule:
         return ((self.times is None or self.used < self.times) and self.path.search(path) is not None
                 and (self.method is None or self.method == method))
 
+    def answer(self) -> "_Answer":
+        """The error a "fail" rule sends."""
+        return _Answer(self.status, "", list(self.headers.items()), self.body)
+
 
 @dataclass(frozen=True)
 class Seen:
@@ -202,18 +206,15 @@ class _Relay(BaseHTTPRequestHandler):
         body = self._request_body()
         rule = self.owner._take(method, path)
         fault = rule.action if rule else None
-        recorded = False
 
         def record(status: int | None) -> None:
-            nonlocal recorded
             self.owner._record(method, path, fault, status)
-            recorded = True
 
         try:
             if rule and not rule.after_forward:
                 if rule.action == "fail":
                     record(rule.status)
-                    return self._send(_Answer(rule.status, "", list(rule.headers.items()), rule.body), method)
+                    return self._send(rule.answer(), method)
                 if rule.action == "drop":
                     record(None)
                     return self._hang_up()
@@ -225,7 +226,7 @@ class _Relay(BaseHTTPRequestHandler):
                     {"detail": f"fault proxy: upstream {self.owner.upstream_host}:{self.owner.upstream_port} "
                                "is unreachable"}).encode())
             elif rule and rule.action == "fail":
-                answer = _Answer(rule.status, "", list(rule.headers.items()), rule.body)
+                answer = rule.answer()
             elif rule and rule.action == "drop":
                 record(None if method == "HEAD" or not answer.body else answer.status)
                 return self._send_half(answer, method)
@@ -235,9 +236,7 @@ class _Relay(BaseHTTPRequestHandler):
             record(answer.status)
             self._send(answer, method, rate)
         except (BrokenPipeError, ConnectionResetError, socket.timeout):
-            self.close_connection = True  # the client gave up (a timeout): nothing left to answer
-            if not recorded:
-                record(None)
+            self.close_connection = True  # the client gave up (a timeout): recorded already, nothing left to answer
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = relay
 
